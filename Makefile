@@ -1,0 +1,51 @@
+# tickmesh: `make run` (offline mesh on built-in data) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DURATION ?= 10
+
+.PHONY: run test test-fast bench bench-quick fake up status down clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+## run the whole mesh offline (one process, inproc, synthetic data) and print a summary
+run: $(VENV)/.installed
+	$(PY) -m nodes.offline --duration $(DURATION)
+
+## the whole suite (unit, integration, e2e under supervisord); the long fuzz tier is `-m long`
+test: $(VENV)/.installed-test
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -m "not e2e"
+
+bench: $(VENV)/.installed
+	$(PY) -m tools.bench all --json bench-report.json
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m tools.bench all --quick --json bench-report.json
+
+## the local fake Coinbase exchange (WebSocket + REST) on 127.0.0.1
+fake: $(VENV)/.installed
+	$(PY) -m tools.fakecoinbase
+
+## supervisord: start the mesh, show it, stop it
+up: $(VENV)/.installed
+	mkdir -p var/log
+	$(VENV)/bin/supervisord -c supervisord.conf
+status: $(VENV)/.installed
+	$(VENV)/bin/supervisorctl -c supervisord.conf status
+down: $(VENV)/.installed
+	-$(VENV)/bin/supervisorctl -c supervisord.conf shutdown
+
+clean:
+	rm -rf $(VENV) *.egg-info build var

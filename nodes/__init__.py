@@ -1,0 +1,1 @@
+"""tickmesh nodes: the runtime and one package per node."""

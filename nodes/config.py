@@ -1,0 +1,368 @@
+"""Configuration: one frozen, keyword-only object per section, loaded once from TOML.
+
+* ``conf/mesh.toml`` (or the file named by ``TICKMESH_CONF``) holds every non-secret key.
+* ``.env`` (optional) and the process environment override documented keys (see ``ENV_KEYS`` and
+  the generic ``TICKMESH_<SECTION>__<KEY>`` form, e.g. ``TICKMESH_RISK__MAX_ORDER_NOTIONAL=5000``).
+* ``conf/secrets.env`` (optional) and the environment hold secrets; they are wrapped in ``Secret``
+  so they never show in a log line or a repr.
+
+Unknown sections or keys and wrong types stop the node at start with a ``ConfigError`` naming the
+key (``risk.max_order_notional: expected a decimal, got list``).
+"""
+import dataclasses
+import importlib
+import os
+import tomllib
+import typing
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF = ROOT / "conf" / "mesh.toml"
+
+
+class ConfigError(Exception):
+    """A bad configuration: the message names the key."""
+
+
+class Secret:
+    """A secret string that never shows in logs or reprs. ``.reveal()`` gives the value."""
+
+    __slots__ = ("_v",)
+
+    def __init__(self, value: str):
+        self._v = value
+
+    def reveal(self) -> str:
+        return self._v
+
+    def __bool__(self):
+        return bool(self._v)
+
+    def __repr__(self):
+        return "Secret('***')" if self._v else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other):
+        return isinstance(other, Secret) and other._v == self._v
+
+    def __hash__(self):
+        return hash(self._v)
+
+
+# Node slots: each node's PUB port is base_port + 2*index, its REP port base_port + 2*index + 1.
+# Append only: the index fixes the ports.
+NODES = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts",
+         "replay", "supervisor", "offline")
+TRANSPORTS = ("tcp", "ipc", "inproc")
+
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """``[mesh]``: the bus shared by every node."""
+    transport: str = "tcp"               # tcp | ipc | inproc
+    host: str = "127.0.0.1"              # tcp bind/connect address (loopback by default)
+    hosts: dict[str, str] = dataclasses.field(default_factory=dict)   # per-node host override
+    base_port: int = 7100
+    ipc_dir: str = "/tmp/tickmesh"
+    heartbeat_s: float = 1.0
+    hwm: int = 100_000                   # send/receive high-water marks (messages)
+    pub_linger_ms: int = 500             # how long a stopping PUB may flush its tail
+    request_timeout_ms: int = 1000       # default deadline of request clients
+    products: tuple[str, ...] = ("BTC-USD", "ETH-USD")
+    state_dir: str = "var"               # journals, kill-switch state, store files (relative: to the checkout)
+    log_level: str = "INFO"
+    curve: bool = False                  # CurveZMQ on tcp (see [security])
+    keys_dir: str = "conf/keys"          # public/secret keys when curve = true
+    cpu_affinity: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # node -> cpus
+
+    def __post_init__(self):
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"mesh.transport: must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if not (1024 <= self.base_port <= 65535 - 2 * len(NODES)):
+            raise ConfigError(f"mesh.base_port: out of range: {self.base_port}")
+        for n in self.hosts:
+            if n not in NODES:
+                raise ConfigError(f"mesh.hosts.{n}: unknown node (known: {', '.join(NODES)})")
+        if self.heartbeat_s <= 0:
+            raise ConfigError("mesh.heartbeat_s: must be > 0")
+
+    # --- endpoints: derived here, never hard-coded in nodes -----------------------------------
+    def endpoint(self, node: str, kind: str, bind: bool = False) -> str:
+        if node not in NODES:
+            raise ConfigError(f"unknown node {node!r}")
+        if kind not in ("pub", "rep"):
+            raise ValueError(kind)
+        if self.transport == "inproc":
+            return f"inproc://tickmesh.{node}.{kind}"
+        if self.transport == "ipc":
+            return f"ipc://{self.ipc_path()}/{node}.{kind}"
+        port = self.base_port + 2 * NODES.index(node) + (1 if kind == "rep" else 0)
+        host = self.hosts.get(node, self.host)
+        return f"tcp://{host}:{port}"
+
+    def ipc_path(self) -> str:
+        p = Path(self.ipc_dir)
+        return str(p if p.is_absolute() else ROOT / p)
+
+    def state_path(self, *parts) -> Path:
+        p = Path(self.state_dir)
+        return (p if p.is_absolute() else ROOT / p).joinpath(*parts)
+
+
+# --- sections -------------------------------------------------------------------------------------
+# Each node's section class lives in its own package (``nodes/<name>/config.py``), named here so the
+# loader can reject unknown sections without importing every node.
+SECTIONS = {
+    "mesh": "nodes.config:MeshConfig",
+    "marketdata": "nodes.marketdata.config:MarketDataConfig",
+    "risk": "nodes.risk.config:RiskConfig",
+    "execution": "nodes.execution.config:ExecutionConfig",
+    "store": "nodes.store.config:StoreConfig",
+    "strategy": "nodes.strategy.config:StrategyConfig",
+    "metrics": "nodes.metrics.config:MetricsConfig",
+    "alerts": "nodes.alerts.config:AlertsConfig",
+    "security": "nodes.config:SecurityConfig",
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SecurityConfig:
+    """``[security]``: CurveZMQ details (``mesh.curve`` switches it on)."""
+    allow_any_known_key: bool = True
+
+
+# Documented environment names -> (section, key)
+ENV_KEYS = {
+    "COINBASE_WS_URL": ("marketdata", "ws_url"),
+    "USE_OFFICIAL_SDK": ("marketdata", "use_official_sdk"),
+    "TICKMESH_TRANSPORT": ("mesh", "transport"),
+    "TICKMESH_BASE_PORT": ("mesh", "base_port"),
+    "TICKMESH_IPC_DIR": ("mesh", "ipc_dir"),
+    "TICKMESH_STATE_DIR": ("mesh", "state_dir"),
+    "TICKMESH_LOG_LEVEL": ("mesh", "log_level"),
+    "TICKMESH_LIVE_TRADING": ("execution", "live_trading"),
+}
+SECRET_NAMES = ("COINBASE_API_KEY", "COINBASE_API_SECRET", "SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN",
+                "SLACK_CHANNEL", "TEAMS_WEBHOOK_URL", "TICKMESH_LIVE")
+
+
+def section_class(name: str):
+    spec = SECTIONS.get(name)
+    if spec is None:
+        raise ConfigError(f"{name}: unknown section (known: {', '.join(SECTIONS)})")
+    mod, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean",
+            Decimal: "a decimal"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def convert(tp, value, key: str, from_env: bool = False):
+    """Check/convert one value against a type annotation. Raises ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        tp = [a for a in args if a is not type(None)][0]
+        return convert(tp, value, key, from_env)
+    if from_env and isinstance(value, str):
+        value = _parse_env(tp, value, key)
+    if tp is bool:
+        if type(value) is bool:
+            return value
+    elif tp is int:
+        if type(value) is int:
+            return value
+    elif tp is float:
+        if type(value) in (int, float):
+            return float(value)
+    elif tp is str:
+        if type(value) is str:
+            return value
+    elif tp is Decimal:
+        if type(value) in (int, float, str):
+            try:
+                d = Decimal(str(value))
+            except InvalidOperation:
+                raise ConfigError(f"{key}: not a decimal: {value!r}") from None
+            if not d.is_finite():
+                raise ConfigError(f"{key}: must be finite, got {value!r}")
+            return d
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            inner = args[0] if args else typing.Any
+            vals = [convert(inner, v, f"{key}[{i}]") if inner is not typing.Any else v
+                    for i, v in enumerate(value)]
+            return tuple(vals) if origin is tuple else vals
+    elif origin is dict:
+        if isinstance(value, dict):
+            kt, vt = args
+            return {str(k): convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return build(tp, value, key)
+    elif tp is typing.Any:
+        return value
+    else:
+        raise ConfigError(f"{key}: unsupported type {tp!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r:.60}")
+
+
+def _parse_env(tp, s: str, key: str):
+    import json
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        low = s.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {s!r}")
+    if tp is int:
+        try:
+            return int(s)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {s!r}") from None
+    if tp is float:
+        try:
+            return float(s)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {s!r}") from None
+    if origin in (tuple, list, dict):
+        s = s.strip()
+        if s.startswith(("[", "{")):
+            try:
+                return json.loads(s)
+            except ValueError:
+                raise ConfigError(f"{key}: not valid JSON: {s!r}") from None
+        if origin is dict:
+            raise ConfigError(f"{key}: expected a JSON object")
+        return [p.strip() for p in s.split(",") if p.strip()]
+    return s
+
+
+def build(cls, data: dict, prefix: str):
+    """Build a frozen config dataclass from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: convert(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def read_env_file(path: Path) -> dict:
+    """``KEY=value`` lines; ``#`` comments; optional quotes. Missing file: empty."""
+    out = {}
+    if not path.exists():
+        return out
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:]
+        k, sep, v = line.partition("=")
+        if not sep or not k.strip().isidentifier():
+            raise ConfigError(f"{path.name}:{n}: expected KEY=value")
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+            v = v[1:-1]
+        out[k.strip()] = v
+    return out
+
+
+class Config:
+    """The whole loaded configuration: ``.mesh``, ``.section(name)``, ``.secrets``."""
+
+    def __init__(self, sections: dict, secrets: dict, path: Path):
+        self._sections = sections
+        self.secrets = secrets
+        self.path = path
+
+    @property
+    def mesh(self) -> MeshConfig:
+        return self._sections["mesh"]
+
+    def section(self, name: str):
+        if name not in self._sections:
+            self._sections[name] = build(section_class(name), {}, name)
+        return self._sections[name]
+
+    def secret(self, name: str) -> Secret:
+        return self.secrets.get(name, Secret(""))
+
+    def replace(self, name: str, **changes) -> "Config":
+        """A copy with one section's keys changed (tests, offline mode)."""
+        secs = dict(self._sections)
+        secs[name] = dataclasses.replace(self.section(name), **changes)
+        return Config(secs, self.secrets, self.path)
+
+    def __repr__(self):
+        return f"Config(path={str(self.path)!r}, sections={sorted(self._sections)})"
+
+
+def load(path=None, env=None, *, read_dotenv: bool = True) -> Config:
+    """Load and validate. ``path`` defaults to ``TICKMESH_CONF`` or ``conf/mesh.toml``."""
+    env = dict(os.environ if env is None else env)
+    if read_dotenv:
+        for k, v in read_env_file(ROOT / ".env").items():
+            env.setdefault(k, v)
+    path = Path(path or env.get("TICKMESH_CONF") or DEFAULT_CONF)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path.name}: not valid TOML: {e}") from None
+    # environment overrides
+    for ename, (sec, key) in ENV_KEYS.items():
+        if ename in env:
+            raw.setdefault(sec, {})[key] = _EnvValue(env[ename])
+    for ename, v in env.items():
+        if ename.startswith("TICKMESH_") and "__" in ename:
+            sec, _, key = ename[len("TICKMESH_"):].partition("__")
+            raw.setdefault(sec.lower(), {})[key.lower()] = _EnvValue(v)
+    sections = {}
+    for name, data in raw.items():
+        cls = section_class(name)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: expected a table")
+        hints = typing.get_type_hints(cls)
+        plain = {}
+        for k, v in data.items():
+            if isinstance(v, _EnvValue):
+                if k not in hints:
+                    raise ConfigError(f"{name}.{k}: unknown key (from the environment)")
+                v = convert(hints[k], v.value, f"{name}.{k}", from_env=True)
+            plain[k] = v
+        sections[name] = build(cls, plain, name)
+    sections.setdefault("mesh", MeshConfig())
+    secrets = {}
+    for k, v in read_env_file(path.parent / "secrets.env").items():
+        secrets[k] = Secret(v)
+    for k in SECRET_NAMES:
+        if env.get(k):
+            secrets[k] = Secret(env[k])
+    return Config(sections, secrets, path)
+
+
+class _EnvValue:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value

@@ -1,0 +1,556 @@
+"""The node runtime every node stands on.
+
+A ``Node`` binds a PUB socket and a ROUTER (request/reply) socket, connects one SUB socket to every
+other publisher of the mesh, and runs one loop thread that polls them plus a wake pipe (the control
+channel: ``stop()`` and ``call_soon()`` from other threads). Sockets are made, used and closed in
+that thread. The same code runs on tcp, ipc and inproc: only the endpoints, derived from
+``MeshConfig``, differ.
+
+Per (publisher, topic) sequence numbers are checked on every received event: a jump is a *gap*
+(counted, logged, passed to ``on_gap``), a drop back to 1 is a publisher restart. Malformed frames
+are counted and dropped. A handler exception is counted and logged; it never kills the loop. Every
+request gets a reply: ``Reply(ok, code, reason, data)``.
+
+Lifecycle (a transition table, like supervisor's states): STARTING -> RUNNING -> STOPPING ->
+STOPPED, and STARTING/RUNNING -> FAILED.
+"""
+import errno
+import fcntl
+import heapq
+import itertools
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+
+import zmq
+
+import proto
+from proto import Code, DecodeError, Heartbeat, Query, Reply, topics
+
+from . import log as _log
+from .config import MeshConfig, NODES
+
+
+class NodeState:
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+_TRANSITIONS = {
+    NodeState.STARTING: {NodeState.RUNNING, NodeState.FAILED, NodeState.STOPPING},
+    NodeState.RUNNING: {NodeState.STOPPING, NodeState.FAILED},
+    NodeState.STOPPING: {NodeState.STOPPED, NodeState.FAILED},
+    NodeState.FAILED: {NodeState.STOPPED},
+    NodeState.STOPPED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class NodeStartError(RuntimeError):
+    """The node could not start (bind failed, setup raised, readiness timed out)."""
+
+
+class Node:
+    """Base class of every node. Subclasses set ``name`` and ``subscriptions`` and register
+    handlers in ``__init__`` with ``self.on(MsgType, fn)`` / ``self.serve(MsgType, fn)``;
+    ``setup()``/``teardown()`` run in the loop thread."""
+
+    name = "node"
+    subscriptions: tuple = ()       # topic prefixes to receive
+    publishers: tuple = NODES       # whose PUB sockets to connect to (self excluded)
+    bind_pub = True
+    bind_rep = True
+
+    def __init__(self, mesh: MeshConfig, conf=None, *, context: zmq.Context = None,
+                 secrets: dict = None, instance: str = None):
+        self.mesh = mesh
+        self.conf = conf
+        self.secrets = secrets or {}
+        self.instance = instance or self.name
+        self.log = _log.get(self.instance)
+        self._ctx = context
+        self._own_ctx = context is None
+        self.state = NodeState.STARTING
+        self.counters = {"published": 0, "received": 0, "malformed": 0, "gaps": 0,
+                         "gap_events": 0, "restarts_seen": 0, "requests": 0, "request_errors": 0,
+                         "handler_errors": 0, "unhandled": 0}
+        self.bus_gaps: dict = {}        # publisher -> missing events
+        self._handlers: dict = {}
+        self._any_handler = None
+        self._servers: dict = {Query: self._serve_query}
+        self.queries: dict = {"status": lambda arg: self.status()}
+        self._seqs: dict = {}
+        self._timers: list = []
+        self._timer_ids = itertools.count()
+        self._calls: deque = deque()
+        self._ready = threading.Event()
+        self._stopping = False
+        self._thread = None
+        self._error = None
+        self._started_ns = 0
+        self._wake_r = self._wake_w = None
+        self._lock_fds = []
+        self.pub = self.sub = self.rep = None
+
+    # --- registration ---------------------------------------------------------------------------
+    def on(self, msg_type, fn):
+        """Call ``fn(env)`` for every received event whose body is a ``msg_type``."""
+        self._handlers[msg_type] = fn
+
+    def on_any(self, fn):
+        """Call ``fn(env)`` for events with no specific handler (store, tap-like nodes)."""
+        self._any_handler = fn
+
+    def serve(self, msg_type, fn):
+        """Answer requests whose body is a ``msg_type``: ``fn(env)`` returns a Reply (or data)."""
+        self._servers[msg_type] = fn
+
+    def every(self, seconds: float, fn, first: float = None):
+        """Run ``fn()`` in the loop thread every ``seconds`` (first after ``first`` seconds)."""
+        due = time.monotonic() + (seconds if first is None else first)
+        heapq.heappush(self._timers, (due, next(self._timer_ids), seconds, fn))
+
+    def after(self, seconds: float, fn):
+        heapq.heappush(self._timers, (time.monotonic() + seconds, next(self._timer_ids), 0, fn))
+
+    def call_soon(self, fn, *args):
+        """Thread-safe: run ``fn(*args)`` in the loop thread (e.g. from a feed thread)."""
+        self._calls.append((fn, args))
+        self._wake()
+
+    # --- hooks ----------------------------------------------------------------------------------
+    def setup(self):
+        """Loop thread, sockets bound, before readiness is reported."""
+
+    def teardown(self):
+        """Loop thread, before sockets close."""
+
+    def extra_counters(self) -> dict:
+        """Node-specific counters for the heartbeat (str -> int)."""
+        return {}
+
+    def on_gap(self, source: str, topic: str, missing: int):
+        """Called when a sequence gap is detected on (source, topic)."""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def _set_state(self, new):
+        if new not in _TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.instance}: {self.state} -> {new}")
+        self.log.info("state %s -> %s", self.state, new)
+        self.state = new
+
+    def start(self, timeout: float = 10.0):
+        """Start the loop thread; return once sockets are bound and ``setup()`` ran."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.instance} already started")
+        if self._own_ctx:
+            self._ctx = zmq.Context()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(target=self._run, name=f"node-{self.instance}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise NodeStartError(f"{self.instance}: not ready within {timeout} s")
+        if self._error is not None:
+            self._thread.join(2)
+            self._cleanup_process_resources()
+            raise NodeStartError(f"{self.instance}: {self._error}") from self._error
+        return self
+
+    def stop(self, timeout: float = 2.0):
+        """Ask the loop to stop and wait for it (sockets closed, PUB tail flushed)."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.log.error("loop did not stop within %.1f s", timeout)
+        self._cleanup_process_resources()
+
+    def _cleanup_process_resources(self):
+        if self._own_ctx and self._ctx is not None and not (self._thread and self._thread.is_alive()):
+            self._ctx.term()
+            self._ctx = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _wake(self):
+        fd = self._wake_w
+        if fd is not None:
+            try:
+                os.write(fd, b"x")
+            except (BlockingIOError, OSError):
+                pass   # pipe full: the loop is already awake
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _run(self):
+        try:
+            self._open()
+            self._started_ns = time.time_ns()
+            self.setup()
+            self._set_state(NodeState.RUNNING)
+            self.every(self.mesh.heartbeat_s, self._heartbeat, first=0)
+            self._ready.set()
+            self._loop()
+            self._set_state(NodeState.STOPPING)
+        except BaseException as e:  # noqa: BLE001 - report any start/loop failure, then close
+            self._error = e
+            if self.state != NodeState.STARTING or not self._ready.is_set():
+                self.log.error("failed: %s: %s", type(e).__name__, e,
+                               exc_info=not isinstance(e, (NodeStartError, zmq.ZMQError)))
+            if self.state in (NodeState.STARTING, NodeState.RUNNING):
+                self._set_state(NodeState.FAILED)
+            self._ready.set()
+        finally:
+            try:
+                self.teardown()
+            except Exception:  # noqa: BLE001
+                self.log.exception("teardown failed")
+            if self.pub is not None and self.state != NodeState.FAILED:
+                self._publish_heartbeat(NodeState.STOPPED)
+            self._close()
+            if self.state == NodeState.STOPPING:
+                self._set_state(NodeState.STOPPED)
+            elif self.state == NodeState.FAILED:
+                self._set_state(NodeState.STOPPED)
+            self.log.info("stopped")
+
+    def _open(self):
+        ctx, m = self._ctx, self.mesh
+        if m.transport == "ipc":
+            os.makedirs(m.ipc_path(), mode=0o700, exist_ok=True)
+        if self.bind_pub:
+            self.pub = ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, m.hwm)
+            self.pub.setsockopt(zmq.LINGER, m.pub_linger_ms)
+            self._secure(self.pub, server=True)
+            self._bind(self.pub, m.endpoint(self.instance, "pub", bind=True))
+        if self.bind_rep:
+            self.rep = ctx.socket(zmq.ROUTER)
+            self.rep.setsockopt(zmq.LINGER, 0)
+            self.rep.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._secure(self.rep, server=True)
+            self._bind(self.rep, m.endpoint(self.instance, "rep", bind=True))
+        if self.subscriptions:
+            self.sub = ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.RCVHWM, m.hwm)
+            self.sub.setsockopt(zmq.LINGER, 0)
+            self._secure(self.sub, server=False)
+            for p in self.subscriptions:
+                self.sub.setsockopt(zmq.SUBSCRIBE, topics.prefix(p))
+            for node in self.publishers:
+                if node != self.instance and node in NODES:
+                    self.sub.connect(m.endpoint(node, "pub"))
+        self._poller = zmq.Poller()
+        for s in (self.sub, self.rep):
+            if s is not None:
+                self._poller.register(s, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._enc = proto.Encoder(self.instance)
+
+    def _bind(self, sock, endpoint):
+        if endpoint.startswith("ipc://"):
+            path = endpoint[6:]
+            if not path.startswith("@"):
+                # a second bind to an ipc path silently steals it: hold a lock instead
+                fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise NodeStartError(f"{endpoint} is in use by another process "
+                                         f"(is a second {self.instance} running?)") from None
+                self._lock_fds.append(fd)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            raise NodeStartError(f"cannot bind {endpoint}: {e}") from None
+        if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+            os.chmod(endpoint[6:], 0o600)
+        self.log.info("bound %s", endpoint)
+
+    def _secure(self, sock, server: bool):
+        """CurveZMQ on tcp when ``mesh.curve`` is on (see nodes.security)."""
+        if self.mesh.curve and self.mesh.transport == "tcp":
+            from . import security
+            security.apply(sock, self.mesh, self.instance, server=server, context=self._ctx)
+
+    def _close(self):
+        for s in (self.sub, self.rep):
+            if s is not None:
+                s.close(linger=0)
+        if self.pub is not None:
+            self.pub.close()   # bounded linger (mesh.pub_linger_ms): the unsent tail is flushed
+        self.sub = self.rep = self.pub = None
+        for fd in self._lock_fds:
+            os.close(fd)
+        self._lock_fds = []
+
+    def _loop(self):
+        poll = self._poller.poll
+        sub, rep, wake = self.sub, self.rep, self._wake_r
+        while not self._stopping:
+            timeout = self._run_timers()
+            for sock, _ in poll(timeout):
+                if sock is sub:
+                    self._drain_sub()
+                elif sock is rep:
+                    self._drain_rep()
+                elif sock == wake:
+                    try:
+                        os.read(wake, 4096)
+                    except BlockingIOError:
+                        pass
+            while self._calls and not self._stopping:
+                fn, args = self._calls.popleft()
+                try:
+                    fn(*args)
+                except Exception:  # noqa: BLE001
+                    self.counters["handler_errors"] += 1
+                    self.log.exception("call_soon %s failed", getattr(fn, "__name__", fn))
+
+    def _run_timers(self) -> int:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            due, tid, interval, fn = heapq.heappop(timers)
+            if interval:
+                heapq.heappush(timers, (max(due + interval, now), tid, interval, fn))
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                self.counters["handler_errors"] += 1
+                self.log.exception("timer %s failed", getattr(fn, "__name__", fn))
+            now = time.monotonic()
+        if not timers:
+            return 1000
+        return max(0, int((timers[0][0] - now) * 1000) + 1)
+
+    def _drain_sub(self, budget: int = 2000):
+        recv = self.sub.recv
+        decode = proto.decode
+        counters = self.counters
+        for _ in range(budget):
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            counters["received"] += 1
+            try:
+                env = decode(frame)
+            except DecodeError as e:
+                counters["malformed"] += 1
+                if counters["malformed"] <= 10 or counters["malformed"] % 1000 == 0:
+                    self.log.warning("dropped malformed frame (%d so far): %s", counters["malformed"], e)
+                continue
+            self._check_seq(env)
+            self.dispatch(env)
+
+    def _check_seq(self, env):
+        key = (env.source, env.topic)
+        last = self._seqs.get(key)
+        seq = env.seq
+        self._seqs[key] = seq
+        if last is None or seq == last + 1:
+            return
+        if seq <= last:
+            self.counters["restarts_seen"] += 1
+            self.log.info("publisher %s restarted (topic %s seq %d after %d)", env.source, env.topic, seq, last)
+            return
+        missing = seq - last - 1
+        self.counters["gaps"] += missing
+        self.counters["gap_events"] += 1
+        self.bus_gaps[env.source] = self.bus_gaps.get(env.source, 0) + missing
+        if self.counters["gap_events"] <= 20 or self.counters["gap_events"] % 1000 == 0:
+            self.log.warning("sequence gap from %s on %s: %d missing (seq %d after %d)",
+                             env.source, env.topic, missing, seq, last)
+        try:
+            self.on_gap(env.source, env.topic, missing)
+        except Exception:  # noqa: BLE001
+            self.counters["handler_errors"] += 1
+            self.log.exception("on_gap failed")
+
+    def dispatch(self, env):
+        """Run the handler for one decoded event (also used by tests and offline replays)."""
+        h = self._handlers.get(type(env.msg)) or self._any_handler
+        if h is None:
+            self.counters["unhandled"] += 1
+            return
+        try:
+            h(env)
+        except Exception:  # noqa: BLE001
+            self.counters["handler_errors"] += 1
+            n = self.counters["handler_errors"]
+            if n <= 20 or n % 1000 == 0:
+                self.log.exception("handler for %s failed (%d so far)", env.msg.TAG, n)
+
+    def _drain_rep(self, budget: int = 500):
+        for _ in range(budget):
+            try:
+                frames = self.rep.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.counters["requests"] += 1
+            if len(frames) < 2 or len(frames) > 3 or (len(frames) == 3 and frames[1] != b""):
+                self.counters["malformed"] += 1
+                self.counters["request_errors"] += 1
+                self.log.warning("dropped request with %d frames", len(frames))
+                if len(frames) >= 2:
+                    self._send_reply(frames[:1] + ([b""] if len(frames) == 3 else []), 0,
+                                     Reply(False, Code.BAD_REQUEST, "expected one payload frame"))
+                continue
+            head, payload = frames[:-1], frames[-1]
+            try:
+                env = proto.decode(payload)
+            except DecodeError as e:
+                self.counters["malformed"] += 1
+                self.counters["request_errors"] += 1
+                self._send_reply(head, 0, Reply(False, Code.BAD_REQUEST, str(e)))
+                continue
+            self._send_reply(head, env.msg_id, self.handle_request(env))
+
+    def handle_request(self, env) -> Reply:
+        """Run the server for one decoded request; never raises."""
+        fn = self._servers.get(type(env.msg))
+        if fn is None:
+            self.counters["request_errors"] += 1
+            return Reply(False, Code.UNKNOWN_REQUEST, f"{self.instance} does not serve {env.msg.TAG}")
+        try:
+            out = fn(env)
+        except Exception as e:  # noqa: BLE001
+            self.counters["request_errors"] += 1
+            self.counters["handler_errors"] += 1
+            self.log.exception("request %s failed", env.msg.TAG)
+            return Reply(False, Code.HANDLER_ERROR, f"{type(e).__name__}: {e}")
+        if type(out) is Reply:
+            return out
+        return Reply(True, Code.OK, "", out)
+
+    def _send_reply(self, head, msg_id, reply):
+        try:
+            frame = self._enc.encode("rep", reply, msg_id=msg_id)
+        except proto.EncodeError as e:
+            self.log.error("cannot encode reply: %s", e)
+            frame = self._enc.encode("rep", Reply(False, Code.HANDLER_ERROR, f"unencodable reply: {e}"),
+                                     msg_id=msg_id)
+        try:
+            self.rep.send_multipart(head + [frame], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or HWM
+            self.counters["request_errors"] += 1
+            self.log.warning("reply not delivered: %s", e)
+
+    def _serve_query(self, env):
+        q = env.msg
+        fn = self.queries.get(q.what)
+        if fn is None:
+            return Reply(False, Code.UNKNOWN_REQUEST,
+                         f"{self.instance} answers queries {sorted(self.queries)}, not {q.what!r}")
+        return fn(q.arg)
+
+    # --- publishing -------------------------------------------------------------------------------
+    def publish(self, topic: str, msg, ts_event: int = 0, ts_recv: int = 0):
+        """Encode and publish (loop thread only). Never blocks: PUB drops at its high-water mark,
+        which subscribers see as a sequence gap."""
+        self.pub.send(self._enc.encode(topic, msg, ts_event, ts_recv), zmq.NOBLOCK)
+        self.counters["published"] += 1
+
+    def status(self) -> dict:
+        c = dict(self.counters)
+        c.update(self.extra_counters())
+        return {"node": self.instance, "state": self.state, "pid": os.getpid(),
+                "uptime_s": (time.time_ns() - self._started_ns) / 1e9 if self._started_ns else 0.0,
+                "counters": c, "bus_gaps": dict(self.bus_gaps)}
+
+    def _heartbeat(self):
+        self._publish_heartbeat(self.state)
+
+    def _publish_heartbeat(self, state):
+        c = dict(self.counters)
+        try:
+            c.update(self.extra_counters())
+        except Exception:  # noqa: BLE001
+            self.log.exception("extra_counters failed")
+        for src, n in self.bus_gaps.items():
+            c[f"bus_gaps.{src}"] = n
+        c = {k: int(v) for k, v in c.items()}
+        now = time.time_ns()
+        hb = Heartbeat(self.instance, os.getpid(), state, self._started_ns,
+                       (now - self._started_ns) / 1e9 if self._started_ns else 0.0, c, socket.gethostname())
+        try:
+            self.publish(topics.heartbeat(self.instance), hb)
+        except zmq.ZMQError:
+            pass
+
+
+def run_main(node_cls, argv=None, description=None) -> int:
+    """The ten-line main() of every node: args, logging, config, build, start, wait, stop."""
+    import argparse
+    from . import config as _config
+    p = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.name}",
+                                description=description or (node_cls.__doc__ or "").strip().splitlines()[0])
+    p.add_argument("--conf", help="config file (default: $TICKMESH_CONF or conf/mesh.toml)")
+    p.add_argument("--log-level", default=None)
+    args = p.parse_args(argv)
+    try:
+        cfg = _config.load(args.conf)
+    except _config.ConfigError as e:
+        print(f"{node_cls.name}: config error: {e}", file=sys.stderr)
+        return 2
+    _log.setup(args.log_level or cfg.mesh.log_level)
+    log = _log.get(node_cls.name)
+    try:
+        node = node_cls.from_config(cfg)
+    except _config.ConfigError as e:
+        print(f"{node_cls.name}: config error: {e}", file=sys.stderr)
+        return 2
+    cpus = cfg.mesh.cpu_affinity.get(node_cls.name)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+        log.info("pinned to cpus %s", cpus)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.start()
+    except NodeStartError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    try:
+        while not stop.wait(0.25):
+            if not node.alive:
+                log.error("loop died: %s", node._error)
+                return 1
+        log.info("signal received, stopping")
+    finally:
+        t0 = time.monotonic()
+        node.stop()
+        log.info("stop took %.3f s", time.monotonic() - t0)
+    return 0 if node._error is None else 1
+
+
+def node_from_config(cls, cfg, **kw):
+    return cls(cfg.mesh, cfg.section(cls.name), secrets=cfg.secrets, **kw)
+
+
+Node.from_config = classmethod(lambda cls, cfg, **kw: node_from_config(cls, cfg, **kw))

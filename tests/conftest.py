@@ -1,0 +1,137 @@
+"""Shared fixtures: isolated meshes on random ports / private ipc dirs, receive-with-timeout helpers.
+
+Nothing here sleeps to synchronise: tests wait on events with deadlines.
+"""
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nodes.config import NODES, MeshConfig  # noqa: E402
+
+
+def _ports_free(base: int, n: int) -> bool:
+    for p in range(base, base + n):
+        s = socket.socket()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def free_base_port() -> int:
+    """A random base port with every node's two ports free (tests may run in parallel)."""
+    n = 2 * len(NODES)
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n, 2)
+        if _ports_free(base, n):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+@pytest.fixture
+def short_tmp():
+    """A short temp dir (ipc paths must stay under ~107 characters)."""
+    d = tempfile.mkdtemp(prefix="tm-", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_mesh(transport: str, tmp: Path, **kw) -> MeshConfig:
+    return MeshConfig(transport=transport, base_port=free_base_port(), ipc_dir=str(tmp / "ipc"),
+                      state_dir=str(tmp / "state"), heartbeat_s=kw.pop("heartbeat_s", 0.2), **kw)
+
+
+@pytest.fixture(params=["tcp", "ipc", "inproc"])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def mesh(transport, short_tmp):
+    """A MeshConfig on ``transport`` with private ports, ipc dir and state dir."""
+    return make_mesh(transport, short_tmp)
+
+
+@pytest.fixture
+def ctx():
+    """One context per test: inproc meshes must share it; everything is closed at the end."""
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+class Collector:
+    """A SUB socket on given publishers that waits for matching events with a deadline."""
+
+    def __init__(self, ctx, mesh, publishers, prefixes=("",)):
+        import proto
+        self._proto = proto
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for p in prefixes:
+            self.sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+        for n in publishers:
+            self.sock.connect(mesh.endpoint(n, "pub"))
+        self.events = []
+
+    def wait_for(self, pred, timeout: float = 5.0):
+        """Return the first new event with pred(env) true; raise AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching event within {timeout} s (saw {len(self.events)})")
+            if self.sock.poll(int(left * 1000) + 1):
+                env = self._proto.decode(self.sock.recv())
+                self.events.append(env)
+                if pred(env):
+                    return env
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+@pytest.fixture
+def collector(ctx):
+    made = []
+
+    def make(mesh, publishers, prefixes=("",)):
+        c = Collector(ctx, mesh, publishers, prefixes)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.close()
+
+
+def wait_until(pred, timeout: float = 5.0, interval: float = 0.005, what: str = "condition"):
+    """Poll ``pred`` until true or raise at the deadline (for state with no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)

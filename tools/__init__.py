@@ -1,0 +1,1 @@
+"""tickmesh tools: cli, tap, ctl, bench, replay, export, train, fake exchange."""
