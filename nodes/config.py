@@ -60,6 +60,23 @@ TRANSPORTS = ("tcp", "ipc", "inproc")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ProductSpec:
+    """``[mesh.product_specs.<PRODUCT>]``: what the venue accepts (Coinbase product fields)."""
+    base_min_size: Decimal = Decimal("0.00000001")
+    base_max_size: Decimal = Decimal("10000")
+    base_increment: Decimal = Decimal("0.00000001")
+    quote_increment: Decimal = Decimal("0.01")      # price tick
+    min_notional: Decimal = Decimal("1")            # quote_min_size / min_market_funds
+
+
+DEFAULT_SPECS = {
+    "BTC-USD": ProductSpec(),
+    "ETH-USD": ProductSpec(),
+    "SOL-USD": ProductSpec(base_increment=Decimal("0.001"), base_min_size=Decimal("0.001")),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshConfig:
     """``[mesh]``: the bus shared by every node."""
     transport: str = "tcp"               # tcp | ipc | inproc
@@ -77,6 +94,11 @@ class MeshConfig:
     curve: bool = False                  # CurveZMQ on tcp (see [security])
     keys_dir: str = "conf/keys"          # public/secret keys when curve = true
     cpu_affinity: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # node -> cpus
+    product_specs: dict[str, ProductSpec] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPECS))
+
+    def spec(self, product: str) -> ProductSpec:
+        """The product's spec; a product with none configured is refused by risk and execution."""
+        return self.product_specs.get(product)
 
     def __post_init__(self):
         if self.transport not in TRANSPORTS:

@@ -339,6 +339,13 @@ class FeedStatus(NamedTuple):
     last_msg_age_s: float
 
 
+@message("RawFrame")
+class RawFrame(NamedTuple):
+    """An exchange frame exactly as received (stored for exact parser replays)."""
+    connection: str
+    data: str
+
+
 @message("FeedGap")
 class FeedGap(NamedTuple):
     connection: str
@@ -370,6 +377,7 @@ class OrderIntent(NamedTuple):
     reduce_only: bool = False
     client_order_id: str = ""              # empty: derived from the intent
     strategy: str = ""
+    origin_ns: int = 0                     # ts_recv of the market event that caused it (tick-to-trade)
 
 
 @message("Order")
@@ -398,6 +406,7 @@ class Order(NamedTuple):
     venue: str           # "paper" | "coinbase"
     created_ns: int
     updated_ns: int
+    origin_ns: int = 0   # from the intent: ts_recv of the market event that caused the order
 
 
 @message("Fill")

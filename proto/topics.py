@@ -14,6 +14,7 @@ MD_BOOK = "md.book."        # + PRODUCT  -> Book
 MD_STATUS = "md.status."    # + PRODUCT  -> FeedStatus (healthy / stale / gap), on change and every second
 MD_GAP = "md.gap"           # FeedGap: a sequence gap on the exchange connection
 MD_STALE = "md.stale"       # FeedStale: no heartbeat for longer than the timeout
+RAW = "raw."                # + VENUE -> RawFrame (only when marketdata.store_raw = true)
 
 # risk (publisher: risk)
 RISK = "risk."
