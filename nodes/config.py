@@ -321,6 +321,9 @@ class Config:
         return self._sections["mesh"]
 
     def section(self, name: str):
+        """The section's frozen config (defaults when absent); None for a slot with no section."""
+        if name not in SECTIONS:
+            return None
         if name not in self._sections:
             self._sections[name] = build(section_class(name), {}, name)
         return self._sections[name]

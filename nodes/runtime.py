@@ -507,8 +507,8 @@ def run_main(node_cls, argv=None, description=None) -> int:
     """The ten-line main() of every node: args, logging, config, build, start, wait, stop."""
     import argparse
     from . import config as _config
-    p = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.name}",
-                                description=description or (node_cls.__doc__ or "").strip().splitlines()[0])
+    doc = (node_cls.__doc__ or f"the {node_cls.name} node").strip().splitlines()[0]
+    p = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.name}", description=description or doc)
     p.add_argument("--conf", help="config file (default: $TICKMESH_CONF or conf/mesh.toml)")
     p.add_argument("--log-level", default=None)
     args = p.parse_args(argv)

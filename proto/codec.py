@@ -185,40 +185,21 @@ def envelope_to_plain(env: Envelope) -> dict:
 
 
 def record_from_plain(tag: str, body: dict):
-    """Rebuild a typed record from ``to_plain`` output (store files, JSON tools)."""
+    """Rebuild a typed record from ``to_plain`` output (store files, JSON tools).
+
+    The plain form of every field is its wire form (Decimals as exact strings), so the same
+    validation as ``decode`` applies."""
     cls = REGISTRY.get(tag)
     if cls is None:
         raise DecodeError(f"unknown message type {tag!r}")
-    from typing import get_type_hints
-    hints = get_type_hints(cls)
+    if not isinstance(body, dict):
+        raise DecodeError(f"{tag}: body must be an object")
     vals = []
     for name in cls._fields:
-        if name not in body:
-            if name in cls._field_defaults:
-                vals.append(cls._field_defaults[name])
-                continue
+        if name in body:
+            vals.append(body[name])
+        elif name in cls._field_defaults:
+            vals.append(cls._field_defaults[name])
+        else:
             raise DecodeError(f"{tag}: missing field {name}")
-        vals.append(_from_plain(hints[name], body[name], f"{tag}.{name}"))
     return decode_body(cls, vals)
-
-
-def _from_plain(tp, v, name):
-    from .messages import DecMap, Levels
-    if v is None:
-        return None
-    origin_args = getattr(tp, "__args__", ())
-    if getattr(tp, "__origin__", None) is not None and type(None) in origin_args:
-        tp = [a for a in origin_args if a is not type(None)][0]
-    try:
-        if tp is Decimal:
-            d = Decimal(v) if type(v) is str else v
-            return d
-        if tp is Levels:
-            return [[Decimal(p), Decimal(s)] for p, s in v]
-        if tp is DecMap:
-            return {k: Decimal(x) for k, x in v.items()}
-    except (InvalidOperation, TypeError, ValueError):
-        raise DecodeError(f"{name}: bad decimal value {v!r:.40}") from None
-    if tp is Any and type(v) is dict and "_type" in v:
-        return record_from_plain(v["_type"], v)
-    return v

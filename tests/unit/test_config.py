@@ -1,0 +1,91 @@
+"""Config: frozen objects, unknown keys and wrong types rejected naming the key, env overrides,
+secrets never in reprs."""
+import dataclasses
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+
+from nodes import config
+from nodes.config import ConfigError, MeshConfig, Secret
+
+
+def write(tmp_path, text):
+    p = tmp_path / "mesh.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_config_loads_and_is_frozen():
+    cfg = config.load(config.DEFAULT_CONF, env={})
+    assert cfg.mesh.transport == "tcp"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mesh.transport = "ipc"
+    assert cfg.mesh.spec("BTC-USD").quote_increment == Decimal("0.01")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[mesh]\ntransprt = 'tcp'\n", r"mesh\.transprt: unknown key"),
+    ("[mesh]\nbase_port = 'x'\n", r"mesh\.base_port: expected an integer"),
+    ("[mesh]\nbase_port = true\n", r"mesh\.base_port: expected an integer"),
+    ("[mesh]\ntransport = 'udp'\n", r"mesh\.transport: must be one of"),
+    ("[mesh]\nproducts = 'BTC-USD'\n", r"mesh\.products"),
+    ("[mesh]\nproducts = ['BTC-USD', 3]\n", r"mesh\.products\[1\]: expected a string"),
+    ("[mesh.product_specs.BTC-USD]\nbase_increment = 'abc'\n", r"mesh\.product_specs\.BTC-USD\.base_increment: not a decimal"),
+    ("[mesh.product_specs.BTC-USD]\nbase_incremnt = '1'\n", r"mesh\.product_specs\.BTC-USD\.base_incremnt: unknown key"),
+    ("[mesh.hosts]\nrisky = '10.0.0.1'\n", r"mesh\.hosts\.risky: unknown node"),
+    ("[nonsense]\nx = 1\n", r"nonsense: unknown section"),
+    ("[mesh\n", r"not valid TOML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        config.load(write(tmp_path, text), env={}, read_dotenv=False)
+
+
+def test_env_overrides_documented_and_generic(tmp_path):
+    p = write(tmp_path, "[mesh]\ntransport = 'tcp'\n")
+    cfg = config.load(p, env={"TICKMESH_TRANSPORT": "ipc", "TICKMESH_MESH__BASE_PORT": "9100",
+                              "TICKMESH_MESH__PRODUCTS": "SOL-USD, BTC-USD"}, read_dotenv=False)
+    assert cfg.mesh.transport == "ipc" and cfg.mesh.base_port == 9100
+    assert cfg.mesh.products == ("SOL-USD", "BTC-USD")
+    with pytest.raises(ConfigError, match=r"mesh\.base_port: expected an integer"):
+        config.load(p, env={"TICKMESH_MESH__BASE_PORT": "lots"}, read_dotenv=False)
+    with pytest.raises(ConfigError, match=r"mesh\.bogus: unknown key"):
+        config.load(p, env={"TICKMESH_MESH__BOGUS": "1"}, read_dotenv=False)
+
+
+def test_tickmesh_conf_points_at_another_file(tmp_path):
+    p = write(tmp_path, "[mesh]\nbase_port = 9300\n")
+    assert config.load(env={"TICKMESH_CONF": str(p)}, read_dotenv=False).mesh.base_port == 9300
+
+
+def test_secrets_from_file_and_env_never_in_repr(tmp_path):
+    p = write(tmp_path, "[mesh]\n")
+    (tmp_path / "secrets.env").write_text("# comment\nSLACK_WEBHOOK_URL='https://hooks.example/abc'\n"
+                                          "COINBASE_API_SECRET=file-secret\n")
+    cfg = config.load(p, env={"COINBASE_API_SECRET": "env-secret-123"}, read_dotenv=False)
+    assert cfg.secret("SLACK_WEBHOOK_URL").reveal() == "https://hooks.example/abc"
+    assert cfg.secret("COINBASE_API_SECRET").reveal() == "env-secret-123"   # the environment wins
+    text = repr(cfg.secrets) + str(cfg.secrets) + repr(cfg)
+    assert "env-secret-123" not in text and "hooks.example" not in text
+    assert repr(Secret("x")) == "Secret('***')" and not Secret("")
+
+
+def test_endpoints_derived_per_transport(tmp_path):
+    m = MeshConfig(base_port=9000, hosts={"risk": "10.0.0.2"})
+    assert m.endpoint("marketdata", "pub") == "tcp://127.0.0.1:9000"
+    assert m.endpoint("risk", "rep") == "tcp://10.0.0.2:9003"
+    assert MeshConfig(transport="ipc", ipc_dir="/tmp/x").endpoint("risk", "pub") == "ipc:///tmp/x/risk.pub"
+    assert MeshConfig(transport="inproc").endpoint("store", "rep") == "inproc://tickmesh.store.rep"
+    with pytest.raises(ConfigError):
+        m.endpoint("nobody", "pub")
+
+
+def test_node_main_with_bad_config_exits_naming_the_key(tmp_path):
+    p = write(tmp_path, "[mesh]\nheartbeat_s = 'fast'\n")
+    r = subprocess.run([sys.executable, "-c", "import sys; from nodes.runtime import run_main, Node;"
+                        "sys.exit(run_main(Node, ['--conf', sys.argv[1]]))", str(p)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "config error: mesh.heartbeat_s: expected a number" in r.stderr
