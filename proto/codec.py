@@ -101,10 +101,16 @@ class Encoder:
             if not topic or not topic.isascii() or "\x00" in topic:
                 raise EncodeError(f"bad topic {topic!r}")
             tb = self._topics[topic] = topic.encode("ascii") + SEP
-        tag = getattr(msg, "TAG", None)
-        if tag is None or REGISTRY.get(tag) is not type(msg):
-            raise EncodeError(f"not a registered message: {type(msg).__name__}")
-        body = encode_body(msg)
+        cls = type(msg)
+        tag = getattr(cls, "TAG", None)
+        if tag is None or REGISTRY.get(tag) is not cls:
+            raise EncodeError(f"not a registered message: {cls.__name__}")
+        try:
+            body = cls._encode(msg)
+        except EncodeError:
+            raise
+        except (AttributeError, TypeError, ValueError) as e:
+            raise EncodeError(f"cannot encode {cls.__name__}: {e}") from None
         seq = self._seqs.get(topic, 0) + 1
         self._seqs[topic] = seq
         self._count += 1
@@ -148,8 +154,8 @@ def decode(frame) -> Envelope:
     cls = REGISTRY.get(tag) if type(tag) is str else None
     if cls is None:
         raise DecodeError(f"unknown message type {tag!r:.40}")
-    if type(msg_id) is not int or type(seq) is not int or type(ts_event) is not int \
-            or type(ts_recv) is not int or type(source) is not str:
+    if not (type(msg_id) is int and type(seq) is int and type(ts_event) is int
+            and type(ts_recv) is int and type(source) is str):
         raise DecodeError(f"{tag}: envelope ids and times must be integers, source a string")
     if type(body) is not list or len(body) != len(cls._fields):
         return _tuple_new(Envelope, (topic, msg_id, source, seq, ts_event, ts_recv, decode_body(cls, body)))

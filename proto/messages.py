@@ -196,7 +196,7 @@ def _field_kind(tp):
 def _compile(cls):
     """Generate fast per-class body encode/decode functions (like namedtuple, with exec)."""
     hints = get_type_hints(cls)
-    ns = {"_tuple_new": tuple.__new__, "_cls": cls, "_C": DECIMALS, "_null": _null}
+    ns = {"_tuple_new": tuple.__new__, "_cls": cls, "_C": DECIMALS, "_null": _null, "_str": str}
     dec_lines, enc_lines, args = [], [], []
     for i, f in enumerate(cls._fields):
         tp, opt = _field_kind(hints[f])
@@ -206,7 +206,12 @@ def _compile(cls):
         ns[f"o{i}"] = _OUT[tp] if tp in _OUT else _typed_out(tp)
         ns[f"i{i}"] = _IN[tp] if tp in _IN else _typed(tp)
         ns[f"t{i}"] = tp
-        dout = f"({a} if type({a}) is t{i} else o{i}({a}, n{i}))" if tp not in _OUT else f"o{i}({a}, n{i})"
+        if tp is Decimal:      # inline the hot case; o{i} only runs to raise a named error
+            dout = f"(_str({a}) if type({a}) is t{i} and {a}.is_finite() else o{i}({a}, n{i}))"
+        elif tp in _OUT:
+            dout = f"o{i}({a}, n{i})"
+        else:
+            dout = f"({a} if type({a}) is t{i} else o{i}({a}, n{i}))"
         if opt:
             dout = f"(None if {a} is None else {dout})"
         enc_lines.append(dout)

@@ -2,10 +2,7 @@
 
 Nothing here sleeps to synchronise: tests wait on events with deadlines.
 """
-import os
-import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -18,38 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nodes.config import NODES, MeshConfig  # noqa: E402
-
-
-def _ports_free(base: int, n: int) -> bool:
-    for p in range(base, base + n):
-        s = socket.socket()
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
-def free_base_port() -> int:
-    """A random base port with every node's two ports free (tests may run in parallel)."""
-    n = 2 * len(NODES)
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n, 2)
-        if _ports_free(base, n):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from nodes.config import MeshConfig  # noqa: E402
+from tools.netutil import free_base_port, free_port  # noqa: E402,F401
 
 
 @pytest.fixture
