@@ -38,14 +38,21 @@ bench-quick: $(VENV)/.installed
 fake: $(VENV)/.installed
 	$(PY) -m tools.fakecoinbase
 
-## supervisord: start the mesh, show it, stop it
+## supervisord: start the mesh, show it, stop it (SUPERVISOR_CONF: another copy of the file, e.g. tests)
+SUPERVISOR_CONF ?= supervisord.conf
+SUPERVISOR_VAR = $(dir $(abspath $(SUPERVISOR_CONF)))var
+TICKMESH_PYTHON ?= $(abspath $(PY))
+export TICKMESH_PYTHON
 up: $(VENV)/.installed
-	mkdir -p var/log
-	$(VENV)/bin/supervisord -c supervisord.conf
+	mkdir -p $(SUPERVISOR_VAR)/log
+	$(VENV)/bin/supervisord -c $(SUPERVISOR_CONF)
 status: $(VENV)/.installed
-	$(VENV)/bin/supervisorctl -c supervisord.conf status
+	$(VENV)/bin/supervisorctl -c $(SUPERVISOR_CONF) status
 down: $(VENV)/.installed
-	-$(VENV)/bin/supervisorctl -c supervisord.conf shutdown
+	-$(VENV)/bin/supervisorctl -c $(SUPERVISOR_CONF) shutdown
+	@pidf=$(SUPERVISOR_VAR)/supervisord.pid; for i in $$(seq 1 200); do \
+	  if [ -f $$pidf ] && kill -0 $$(cat $$pidf) 2>/dev/null; then sleep 0.1; else exit 0; fi; \
+	done; echo "supervisord (pid $$(cat $$pidf)) still running after 20 s"; exit 1
 
 clean:
 	rm -rf $(VENV) *.egg-info build var

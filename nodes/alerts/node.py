@@ -1,0 +1,101 @@
+"""The alert node: bus events -> rules -> dedupe -> Slack / Teams / log, and an AlertEvent back on
+the bus (``alert.<kind>``) for every alert it sent.
+
+The bus loop only evaluates rules and appends to the sender's queue; HTTP happens in the
+``Dispatcher`` worker thread, whose completion comes back to the loop with ``call_soon``.
+"""
+import socket
+import time
+
+import requests
+
+from nodes.runtime import Node
+from proto import AlertEvent, topics
+
+from .rules import AlertRules, Deduper
+from .senders import Dispatcher, channels_from_secrets
+
+SUBSCRIPTIONS = (topics.RISK_KILLSWITCH, topics.PNL, topics.NODE_HEARTBEAT, topics.NODE_PROCESS,
+                 topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE)
+
+
+class AlertsNode(Node):
+    """Slack/Teams alerts from bus events (kill switch, PnL, drawdown, nodes, feeds, processes)."""
+
+    name = "alerts"
+    subscriptions = SUBSCRIPTIONS
+
+    def __init__(self, mesh, conf=None, **kw):
+        super().__init__(mesh, conf, **kw)
+        if self.conf is None:
+            from .config import AlertsConfig
+            self.conf = AlertsConfig()
+        self.rules = AlertRules(self.conf)
+        self.dedupe = Deduper(self.conf.cooldown_s)
+        for t in self.rules.types():
+            self.on(t, self._on_event)
+        self.queries["alerts"] = lambda arg: {"firing": self.dedupe.firing(), "dedupe": dict(self.dedupe.counts),
+                                              "sender": dict(self.sender.counts) if self.sender else {},
+                                              "channels": [c.name for c in self.channels]}
+        self.channels = []
+        self.sender = None
+        self._session = None
+        self.every(min(1.0, self.conf.node_timeout_s / 4), self._check)
+
+    def setup(self):
+        self._session = requests.Session()
+        self.channels = channels_from_secrets(self.secrets, self.conf, self._session)
+        if self.channels:
+            self.log.info("alert channels: %s", ", ".join(c.name for c in self.channels))
+        else:
+            self.log.info("no Slack/Teams configured: alerts go to this log only")
+        self.sender = Dispatcher(self.channels, self.conf, self.log, self._sent_from_worker,
+                                 host=socket.gethostname())
+        self.sender.start()
+
+    def teardown(self):
+        if self.sender is not None:
+            self.sender.stop()
+            self.log.info("sender stopped")
+        if self._session is not None:
+            self._session.close()
+
+    def extra_counters(self) -> dict:
+        c = {f"alerts_{k}": v for k, v in self.dedupe.counts.items()}
+        if self.sender is not None:
+            c.update({f"send_{k}": v for k, v in self.sender.counts.items()})
+        return c
+
+    # --- rules -> dedupe -> send ---------------------------------------------------------------------
+    def _on_event(self, env):
+        now = time.time_ns()
+        for a in self.rules.on_event(env, now):
+            self._offer(a, now)
+
+    def _check(self):
+        now = time.time_ns()
+        for a in self.rules.check(now):
+            self._offer(a, now)
+        for a in self.dedupe.due(now):
+            self._emit(a, now)
+
+    def _offer(self, alert, now):
+        out = self.dedupe.offer(alert, now)
+        if out is not None:
+            self._emit(out, now)
+
+    def _emit(self, alert, now):
+        level = self.log.info if alert.resolved or alert.severity == "info" else self.log.warning
+        level("ALERT %s%s [%s] %s: %s", "RESOLVED " if alert.resolved else "", alert.key, alert.severity,
+              alert.title, alert.text)
+        if not self.channels:
+            self._publish(alert, ["log"])
+            return
+        self.sender.submit(alert, now)
+
+    def _sent_from_worker(self, alert, ts_ns, channels):
+        self.call_soon(self._publish, alert, channels or ["log"])
+
+    def _publish(self, alert, channels):
+        self.publish(topics.alert(alert.kind),
+                     AlertEvent(alert.key, alert.severity, alert.title, alert.text, alert.resolved, list(channels)))

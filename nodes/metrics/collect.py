@@ -1,0 +1,322 @@
+"""Bus events -> Prometheus metrics, without sockets.
+
+``MeshMetrics(registry)`` owns every metric of the mesh in a private ``CollectorRegistry`` (so
+several instances can live in one process: tests, offline mode). ``handle(env)`` updates them from
+one decoded event; ``refresh(now_ns)`` recomputes the time-derived gauges (node up/down). The node
+(``nodes.metrics.node``) only binds this to the bus and to an HTTP server.
+
+Naming follows the Prometheus conventions: a ``tickmesh_`` prefix, ``_total`` for counters,
+``_seconds`` for durations, money in the quote currency (``_quote``), sizes in base units.
+"""
+import threading
+import time
+from collections import OrderedDict
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+import proto
+from proto import topics
+
+OPEN_STATUSES = frozenset({"NEW", "ACCEPTED", "PARTIALLY_FILLED"})
+TERMINAL_STATUSES = frozenset({"FILLED", "CANCELLED", "REJECTED"})
+TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
+
+# Heartbeat counters re-exported per node as counters (name in the heartbeat -> metric suffix).
+_HB_COUNTERS = {
+    "published": ("events_published_total", "Events a node published"),
+    "received": ("events_received_total", "Events a node received"),
+    "malformed": ("malformed_frames_total", "Malformed frames a node dropped"),
+    "handler_errors": ("handler_errors_total", "Handler exceptions a node caught"),
+    "requests": ("requests_total", "Requests a node answered"),
+    "request_errors": ("request_errors_total", "Requests that ended in an error reply"),
+    "restarts_seen": ("publisher_restarts_seen_total", "Publisher restarts a node noticed"),
+}
+
+
+def _f(d: Decimal) -> float:
+    """Money -> float only at the very edge (Prometheus samples are float64)."""
+    return float(d)
+
+
+class _HeartbeatCollector:
+    """Custom collector over the last heartbeat of every node (read at scrape time)."""
+
+    def __init__(self, owner: "MeshMetrics"):
+        self._o = owner
+
+    def collect(self):
+        o = self._o
+        with o._lock:
+            beats = dict(o._beats)
+            own = o._own_counters() if o._own_counters else None
+            timeout_ns = o.node_timeout_ns
+        now = time.time_ns()
+        up = GaugeMetricFamily("tickmesh_node_up", "1 if the node's heartbeat is fresh and RUNNING",
+                               labels=["node"])
+        age = GaugeMetricFamily("tickmesh_node_heartbeat_age_seconds", "Seconds since the last heartbeat",
+                                labels=["node"])
+        uptime = GaugeMetricFamily("tickmesh_node_uptime_seconds", "Node uptime from its heartbeat",
+                                   labels=["node"])
+        gaps = CounterMetricFamily("tickmesh_bus_gaps", "Events a node missed from a publisher (sequence gaps)",
+                                   labels=["node", "publisher"])
+        fams = {k: CounterMetricFamily("tickmesh_node_" + v[0][:-len("_total")], v[1], labels=["node"])
+                for k, v in _HB_COUNTERS.items()}
+        for node, (seen_ns, hb) in sorted(beats.items()):
+            fresh = now - seen_ns <= timeout_ns
+            up.add_metric([node], 1.0 if fresh and hb.state == "RUNNING" else 0.0)
+            age.add_metric([node], max(0.0, (now - seen_ns) / 1e9))
+            uptime.add_metric([node], hb.uptime_s)
+            for k, v in hb.counters.items():
+                if k.startswith("bus_gaps."):
+                    gaps.add_metric([node, k[len("bus_gaps."):]], float(v))
+                elif k in fams:
+                    fams[k].add_metric([node], float(v))
+        if own is not None:             # the hosting node does not hear its own heartbeats
+            node, uptime_s, counters, bus_gaps = own
+            if node not in beats:
+                up.add_metric([node], 1.0)
+                uptime.add_metric([node], uptime_s)
+                for src, n in bus_gaps.items():
+                    gaps.add_metric([node, src], float(n))
+                for k, v in counters.items():
+                    if k in fams:
+                        fams[k].add_metric([node], float(v))
+        yield up
+        yield age
+        yield uptime
+        yield gaps
+        yield from fams.values()
+
+
+class MeshMetrics:
+    def __init__(self, registry: CollectorRegistry = None, *, node_timeout_s: float = 3.0,
+                 roundtrip_buckets=None, tick_to_trade_buckets=None, own_counters=None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.node_timeout_ns = int(node_timeout_s * 1e9)
+        self._own_counters = own_counters   # () -> (node, uptime_s, counters, bus_gaps) of the host node
+        self._lock = threading.Lock()
+        self._beats: dict = {}              # node -> (seen_ns, Heartbeat)
+        self._open: dict = {}               # client_order_id -> [product, filled_seen]
+        self._done: OrderedDict = OrderedDict()   # recently terminal ids (no double observation)
+        self._feed_state: dict = {}         # product -> last FeedStatus.state
+        self.counts = {"events": 0}
+        r = self.registry
+        p = "tickmesh_"
+        # positions and exposure
+        self.position = Gauge(p + "position_base", "Signed position in base units", ["product"], registry=r)
+        self.exposure = Gauge(p + "exposure_quote", "Absolute exposure |qty| * mark in quote currency",
+                              ["product"], registry=r)
+        self.mark = Gauge(p + "mark_price_quote", "Mark price used for the position", ["product"], registry=r)
+        self.avg_cost = Gauge(p + "position_avg_cost_quote", "Average cost of the position", ["product"],
+                              registry=r)
+        self.pos_realized = Gauge(p + "position_realized_pnl_quote", "Realised PnL per product (fees included)",
+                                  ["product"], registry=r)
+        self.pos_unrealized = Gauge(p + "position_unrealized_pnl_quote", "Unrealised PnL per product",
+                                    ["product"], registry=r)
+        self.gross = Gauge(p + "exposure_gross_quote", "Gross exposure seen by risk", registry=r)
+        self.net = Gauge(p + "exposure_net_quote", "Net exposure seen by risk", registry=r)
+        # orders
+        self.open_orders = Gauge(p + "open_orders", "Working orders (NEW, ACCEPTED, PARTIALLY_FILLED)",
+                                 ["product"], registry=r)
+        self.orders = Counter(p + "orders", "Order events by status", ["status", "product"], registry=r)
+        self.fills = Counter(p + "fills", "Fills", ["product", "side", "liquidity"], registry=r)
+        self.filled_base = Counter(p + "filled_base", "Filled size in base units", ["product", "side"],
+                                   registry=r)
+        self.roundtrip = Histogram(p + "order_roundtrip_seconds", "Order created -> terminal state",
+                                   ["status"], buckets=roundtrip_buckets or Histogram.DEFAULT_BUCKETS,
+                                   registry=r)
+        self.t2t = Histogram(p + "tick_to_trade_seconds", "Market event that caused an order -> its first fill",
+                             buckets=tick_to_trade_buckets or Histogram.DEFAULT_BUCKETS, registry=r)
+        # risk
+        self.killswitch = Gauge(p + "killswitch_engaged", "1 while the kill switch is engaged", registry=r)
+        self.trading_state = Gauge(p + "trading_state", "1 for the current trading state", ["state"], registry=r)
+        for s in TRADING_STATES:
+            self.trading_state.labels(s).set(0)
+        self.decisions = Counter(p + "risk_decisions", "Risk decisions", ["result"], registry=r)
+        self.denials = Counter(p + "risk_denials", "Risk denials by reason code", ["code"], registry=r)
+        self.risk_compute = Histogram(p + "risk_decision_seconds", "Risk check compute time",
+                                      buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
+                                      registry=r)
+        # pnl
+        self.realized = Gauge(p + "pnl_realized_quote", "Realised PnL (fees included)", registry=r)
+        self.unrealized = Gauge(p + "pnl_unrealized_quote", "Unrealised PnL marked to mid", registry=r)
+        self.daily = Gauge(p + "pnl_daily_quote", "PnL since 00:00 UTC", registry=r)
+        self.equity = Gauge(p + "equity_quote", "Starting equity + realised + unrealised", registry=r)
+        self.fees = Gauge(p + "fees_quote", "Fees paid", registry=r)
+        # market data
+        self.ticks = Counter(p + "ticks", "Ticks received", ["product"], registry=r)
+        self.trades = Counter(p + "trades", "Market trades received", ["product"], registry=r)
+        self.last_price = Gauge(p + "last_price_quote", "Last tick price", ["product"], registry=r)
+        self.feed_healthy = Gauge(p + "feed_healthy", "1 while the product's feed is healthy", ["product"],
+                                  registry=r)
+        self.feed_age = Gauge(p + "feed_last_message_age_seconds", "Age of the last feed message",
+                              ["product"], registry=r)
+        self.feed_gaps = Counter(p + "feed_gaps", "Exchange sequence gaps", ["product"], registry=r)
+        self.feed_stale = Counter(p + "feed_stale", "Feed stale events", ["product"], registry=r)
+        self.feed_reconnects = Counter(p + "feed_reconnects", "Feed recovered from DISCONNECTED",
+                                       ["product"], registry=r)
+        # operations
+        self.process_events = Counter(p + "process_events", "supervisord process state changes",
+                                      ["program", "state"], registry=r)
+        self.alerts = Counter(p + "alerts", "Alerts sent", ["kind", "severity", "resolved"], registry=r)
+        self.malformed = Counter(p + "metrics_unknown_events", "Events the metrics node did not map",
+                                 ["type"], registry=r)
+        r.register(_HeartbeatCollector(self))
+        self._handlers = {
+            proto.Tick: self._tick, proto.Trade: self._trade, proto.FeedStatus: self._feed_status,
+            proto.FeedGap: self._feed_gap, proto.FeedStale: self._feed_stale_ev,
+            proto.Order: self._order, proto.Fill: self._fill, proto.Position: self._position,
+            proto.PnL: self._pnl, proto.RiskDecision: self._decision, proto.RiskState: self._risk_state,
+            proto.KillSwitch: self._killswitch, proto.RiskExposure: self._exposure,
+            proto.Heartbeat: self._heartbeat, proto.ProcessEvent: self._process,
+            proto.AlertEvent: self._alert,
+        }
+
+    # --- dispatch -----------------------------------------------------------------------------------
+    def handle(self, env) -> bool:
+        """Update metrics from one event; False when the type is not mapped (counted)."""
+        self.counts["events"] += 1
+        h = self._handlers.get(type(env.msg))
+        if h is None:
+            self.malformed.labels(env.msg.TAG).inc()
+            return False
+        h(env)
+        return True
+
+    def handlers(self) -> dict:
+        return dict(self._handlers)
+
+    # --- market data ----------------------------------------------------------------------------------
+    def _tick(self, env):
+        m = env.msg
+        self.ticks.labels(m.product).inc()
+        self.last_price.labels(m.product).set(_f(m.price))
+
+    def _trade(self, env):
+        self.trades.labels(env.msg.product).inc()
+
+    def _feed_status(self, env):
+        m = env.msg
+        prev = self._feed_state.get(m.product)
+        self._feed_state[m.product] = m.state
+        self.feed_healthy.labels(m.product).set(1 if m.healthy else 0)
+        self.feed_age.labels(m.product).set(m.last_msg_age_s)
+        if prev == "DISCONNECTED" and m.state != "DISCONNECTED":
+            self.feed_reconnects.labels(m.product).inc()
+
+    def _feed_gap(self, env):
+        for p in env.msg.products or ["unknown"]:
+            self.feed_gaps.labels(str(p)).inc()
+
+    def _feed_stale_ev(self, env):
+        for p in env.msg.products or ["unknown"]:
+            self.feed_stale.labels(str(p)).inc()
+
+    # --- orders -----------------------------------------------------------------------------------------
+    def _order(self, env):
+        o = env.msg
+        cid = o.client_order_id
+        self.orders.labels(o.status, o.product).inc()
+        if cid in self._done:
+            return
+        first_fill = o.filled_size > 0
+        if o.status in OPEN_STATUSES:
+            entry = self._open.get(cid)
+            if entry is None:
+                entry = self._open[cid] = [o.product, False]
+                self.open_orders.labels(o.product).inc()
+            if first_fill and not entry[1]:
+                entry[1] = True
+                self._observe_t2t(o, env)
+            return
+        if o.status in TERMINAL_STATUSES:
+            entry = self._open.pop(cid, None)
+            if entry is not None:
+                self.open_orders.labels(entry[0]).dec()
+            if first_fill and not (entry and entry[1]):
+                self._observe_t2t(o, env)
+            end = o.updated_ns or env.ts_event
+            if o.created_ns and end >= o.created_ns:
+                self.roundtrip.labels(o.status).observe((end - o.created_ns) / 1e9)
+            self._done[cid] = True
+            if len(self._done) > 20000:
+                self._done.popitem(last=False)
+
+    def _observe_t2t(self, o, env):
+        if o.origin_ns > 0 and env.ts_event >= o.origin_ns:
+            self.t2t.observe((env.ts_event - o.origin_ns) / 1e9)
+
+    def _fill(self, env):
+        f = env.msg
+        self.fills.labels(f.product, f.side, f.liquidity).inc()
+        self.filled_base.labels(f.product, f.side).inc(_f(f.size))
+
+    def _position(self, env):
+        p = env.msg
+        self.position.labels(p.product).set(_f(p.qty))
+        self.exposure.labels(p.product).set(_f(p.exposure))
+        self.mark.labels(p.product).set(_f(p.mark))
+        self.avg_cost.labels(p.product).set(_f(p.avg_cost))
+        self.pos_realized.labels(p.product).set(_f(p.realized_pnl))
+        self.pos_unrealized.labels(p.product).set(_f(p.unrealized_pnl))
+
+    def _pnl(self, env):
+        p = env.msg
+        self.realized.set(_f(p.realized))
+        self.unrealized.set(_f(p.unrealized))
+        self.daily.set(_f(p.daily))
+        self.equity.set(_f(p.equity))
+        self.fees.set(_f(p.fees))
+
+    # --- risk ---------------------------------------------------------------------------------------------
+    def _decision(self, env):
+        d = env.msg
+        self.decisions.labels("approved" if d.approved else "denied").inc()
+        if not d.approved:
+            self.denials.labels(d.code).inc()
+        if d.compute_ns > 0:
+            self.risk_compute.observe(d.compute_ns / 1e9)
+
+    def _risk_state(self, env):
+        s = env.msg.state
+        for st in set(TRADING_STATES) | {s}:
+            self.trading_state.labels(st).set(1 if st == s else 0)
+
+    def _killswitch(self, env):
+        self.killswitch.set(1 if env.msg.engaged else 0)
+
+    def _exposure(self, env):
+        e = env.msg
+        self.gross.set(_f(e.gross))
+        self.net.set(_f(e.net))
+        self.killswitch.set(1 if e.killswitch else 0)
+        for product, x in e.exposures.items():
+            self.exposure.labels(product).set(_f(x))
+        for product, q in e.positions.items():
+            self.position.labels(product).set(_f(q))
+
+    # --- operations -------------------------------------------------------------------------------------
+    def _heartbeat(self, env):
+        hb = env.msg
+        with self._lock:
+            self._beats[hb.node] = (time.time_ns(), hb)
+
+    def _process(self, env):
+        self.process_events.labels(env.msg.program, env.msg.state).inc()
+
+    def _alert(self, env):
+        a = env.msg
+        kind = env.topic[len(topics.ALERT):] if env.topic.startswith(topics.ALERT) else "other"
+        self.alerts.labels(kind, a.severity, "true" if a.resolved else "false").inc()
+
+    # --- views ------------------------------------------------------------------------------------------
+    def nodes_up(self, now_ns: int = None) -> dict:
+        now = time.time_ns() if now_ns is None else now_ns
+        with self._lock:
+            return {n: (now - t <= self.node_timeout_ns and hb.state == "RUNNING")
+                    for n, (t, hb) in self._beats.items()}
+
+    def open_order_ids(self) -> set:
+        return set(self._open)
