@@ -1,0 +1,116 @@
+"""The store node: every subscribed bus event, one JSON line each, in rotating files.
+
+Decision logic lives in ``nodes.store.writer`` (no sockets); this module binds it to the bus:
+events go to the writer's queue from the loop thread (never blocking), bus sequence gaps seen by the
+runtime become ``_gap`` lines, and ``Query("store")`` / the heartbeat report what was stored.
+"""
+import os
+import time
+from pathlib import Path
+
+from nodes.config import ROOT
+from nodes.runtime import Node
+
+from .config import DEFAULT_PREFIXES, StoreConfig
+from .writer import StoreWriter
+
+__all__ = ["StoreNode", "StoreConfig"]
+
+
+def store_dir(mesh, conf: StoreConfig) -> Path:
+    """``store.dir``, or ``<mesh.state_dir>/store`` when empty; relative paths: to the checkout."""
+    if not conf.dir:
+        return mesh.state_path("store")
+    p = Path(conf.dir)
+    return p if p.is_absolute() else ROOT / p
+
+
+class StoreNode(Node):
+    """Event store: writes the configured topic prefixes to rotating JSON Lines files."""
+
+    name = "store"
+    subscriptions = DEFAULT_PREFIXES
+
+    def __init__(self, mesh, conf: StoreConfig = None, **kw):
+        conf = conf or StoreConfig()
+        super().__init__(mesh, conf, **kw)
+        subs = tuple(dict.fromkeys(conf.prefixes))
+        if conf.store_raw and not any("raw.".startswith(p) for p in subs):
+            subs += ("raw.",)
+        self.subscriptions = subs
+        # a catch-all prefix ("" or "r") would also match raw frames: keep them out unless asked
+        self._skip_raw = not conf.store_raw and any("raw.".startswith(p) for p in subs)
+        self.directory = store_dir(mesh, conf)
+        self.writer = None
+        self.skipped_raw = 0
+        self.on_any(self._on_event)
+        self.queries["store"] = self._query
+
+    def setup(self):
+        c = self.conf
+        self.writer = StoreWriter(
+            self.directory, basename=c.basename, rotate_bytes=c.rotate_bytes,
+            flush_interval_s=c.flush_interval_s, fsync=c.fsync, queue_max=c.queue_max,
+            batch_max=c.batch_max, log=self.log,
+            header={"node": self.instance, "pid": os.getpid(), "prefixes": list(self.subscriptions),
+                    "transport": self.mesh.transport, "started_ns": time.time_ns()})
+        self.writer.start()
+        self.every(1.0, self._check_writer)
+        self.log.info("storing %s in %s (flush %.3f s, fsync %s, rotate at %d bytes)",
+                      ",".join(self.subscriptions), self.directory, c.flush_interval_s, c.fsync,
+                      c.rotate_bytes)
+
+    def teardown(self):
+        w = self.writer
+        if w is not None:
+            w.stop(timeout=0.7)
+            s = w.stats()
+            self.log.info("writer stopped: %d events stored, %d dropped, %d gap lines, %d files",
+                          s["events_stored"], s["events_dropped"], s["gap_lines"], s["files"])
+
+    def _check_writer(self):
+        w = self.writer
+        if not w.alive and not w._stop:
+            # Nothing would be stored any more: stop with an error so supervisord restarts us.
+            self.log.error("writer thread died (%s): stopping the node", w.error)
+            self._error = RuntimeError(f"store writer died: {w.error}")
+            self._stopping = True
+
+    # --- bus -----------------------------------------------------------------------------------------
+    def _on_event(self, env):
+        if self._skip_raw and env.topic.startswith("raw."):
+            self.skipped_raw += 1
+            return
+        self.writer.put(env)
+
+    def on_gap(self, source: str, topic: str, missing: int):
+        if self.writer is not None:
+            self.writer.put_gap(source, topic, missing)
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def extra_counters(self) -> dict:
+        w = self.writer
+        if w is None:
+            return {"events_stored": 0}
+        return {"events_stored": w.stored, "events_dropped": w.dropped, "store_queue": len(w.q),
+                "store_lag_events": w.lag_events, "store_gap_lines": w.gap_lines,
+                "store_files": w.file.files, "store_bytes": w.file.bytes,
+                "store_write_errors": w.write_errors + w.format_errors,
+                "store_writer_alive": int(w.alive)}
+
+    def _query(self, arg: str):
+        """``Query("store")``: counters and the current file; ``Query("store", "flush")`` first
+        writes and flushes (and fsyncs unless fsync = never) everything queued."""
+        w = self.writer
+        if w is None:
+            return {"events_stored": 0, "dir": str(self.directory)}
+        out = {}
+        if arg == "flush":
+            out["flushed"] = w.flush(timeout=1.0)
+        elif arg:
+            from proto import Code, Reply
+            return Reply(False, Code.BAD_REQUEST, f"store query takes '' or 'flush', not {arg!r}")
+        out.update(w.stats())
+        out["prefixes"] = list(self.subscriptions)
+        out["writer_alive"] = w.alive
+        return out

@@ -1,0 +1,113 @@
+"""``python -m tools.export FILE [FILE ...] --csv OUT [--fields F ...] [--topics PREFIX ...]``
+
+Flattens store events (``proto.jsonl``) into one CSV row per event, for spreadsheets and pandas.
+
+Columns: the envelope (``topic, type, source, seq, msg_id, ts_event, ts_recv``), then the body's
+fields by name (a body field whose name is an envelope column is called ``body.<name>``). Nested
+values are flattened with dotted paths: a Book's ``bids`` become ``bids.0.0`` (best bid price),
+``bids.0.1`` (its size), ...; a map such as ``RiskExposure.positions`` becomes
+``positions.BTC-USD``. Money stays the exact decimal string it was on the bus (never a float), so
+``65000.10`` stays ``65000.10``. Without ``--fields`` the columns are every column any selected
+event has, in order of first appearance; with ``--fields`` exactly those (missing: empty).
+Bookkeeping lines (``_open``, ``_gap``, ``_lag``, ``_close``) are skipped; ``--meta`` lists them
+on stderr. ``--csv -`` writes to stdout.
+"""
+import argparse
+import csv
+import sys
+
+import proto
+from proto import jsonl
+
+ENVELOPE = ("topic", "type", "source", "seq", "msg_id", "ts_event", "ts_recv")
+
+
+def _flatten(prefix, value, out):
+    if type(value) is dict:
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif type(value) is list:
+        for i, v in enumerate(value):
+            _flatten(f"{prefix}.{i}", v, out)
+    else:
+        out[prefix] = value
+
+
+def flatten(env) -> dict:
+    """One event as a flat ``{column: value}`` dict (money as exact strings)."""
+    plain = proto.envelope_to_plain(env)
+    row = {k: plain[k] for k in ENVELOPE}
+    for k, v in plain["body"].items():
+        name = f"body.{k}" if k in ENVELOPE else k
+        if type(v) in (dict, list):
+            if not v:
+                row[name] = ""
+            _flatten(name, v, row)
+        else:
+            row[name] = v
+    return row
+
+
+def _cell(v):
+    if v is None:
+        return ""
+    if v is True or v is False:
+        return "true" if v else "false"
+    return v      # str (money included: already exact), int, float (statistics only)
+
+
+def _events(files, prefixes, meta_out=None):
+    pre = tuple(prefixes)
+    for f in files:
+        for item in jsonl.read(f, with_meta=meta_out is not None):
+            if type(item) is dict:
+                meta_out.append((f, item))
+            elif not pre or item.topic.startswith(pre):
+                yield item
+
+
+def export(files, out, fields=None, prefixes=(), meta_out=None) -> int:
+    """Write the CSV to the text stream ``out``; returns the number of rows."""
+    files = [files] if isinstance(files, str) else list(files)
+    if not fields:      # first pass: every column, in order of first appearance
+        cols = {}
+        for env in _events(files, prefixes):
+            for k in flatten(env):
+                cols.setdefault(k, None)
+        fields = list(cols) or list(ENVELOPE)
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(fields)
+    n = 0
+    for env in _events(files, prefixes, meta_out):
+        row = flatten(env)
+        w.writerow([_cell(row.get(f)) for f in fields])
+        n += 1
+    return n
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__.strip().splitlines()[0])
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--csv", required=True, metavar="OUT", help="output CSV file ('-' for stdout)")
+    p.add_argument("--fields", nargs="+", default=None, metavar="F", help="columns to write")
+    p.add_argument("--topics", nargs="+", default=[], metavar="PREFIX", help="only these topic prefixes")
+    p.add_argument("--meta", action="store_true", help="list bookkeeping lines (_gap, _lag, ...) on stderr")
+    a = p.parse_args(argv)
+    meta = [] if a.meta else None
+    try:
+        if a.csv == "-":
+            n = export(a.files, sys.stdout, a.fields, a.topics, meta)
+        else:
+            with open(a.csv, "w", newline="", encoding="utf-8") as out:
+                n = export(a.files, out, a.fields, a.topics, meta)
+    except (OSError, proto.DecodeError) as e:
+        print(f"export: {e}", file=sys.stderr)
+        return 1
+    for f, m in meta or ():
+        print(f"{f}: {m}", file=sys.stderr)
+    print(f"export: {n} events -> {a.csv}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
