@@ -44,7 +44,8 @@ class RequestClient:
         secure = None
         if mesh.curve and mesh.transport == "tcp":
             from . import security
-            secure = lambda s: security.apply(s, mesh, kw.get("source", "client"), server=False)  # noqa: E731
+            name = kw.pop("key_name", None) or kw.get("source", "client")
+            secure = lambda s: security.apply(s, mesh, name, server=False, server_node=node)  # noqa: E731
         return cls(mesh.endpoint(node, "rep"), secure=secure, timeout_ms=kw.pop("timeout_ms", mesh.request_timeout_ms), **kw)
 
     def _open(self):

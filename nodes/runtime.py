@@ -101,6 +101,7 @@ class Node:
         self._wake_r = self._wake_w = None
         self._lock_fds = []
         self.pub = self.sub = self.rep = None
+        self._auth_holds = 0
 
     # --- registration ---------------------------------------------------------------------------
     def on(self, msg_type, fn):
@@ -256,11 +257,11 @@ class Node:
             self.sub = ctx.socket(zmq.SUB)
             self.sub.setsockopt(zmq.RCVHWM, m.hwm)
             self.sub.setsockopt(zmq.LINGER, 0)
-            self._secure(self.sub, server=False)
             for p in self.subscriptions:
                 self.sub.setsockopt(zmq.SUBSCRIBE, topics.prefix(p))
             for node in self.publishers:
                 if node != self.instance and node in NODES:
+                    self._secure(self.sub, server=False, server_node=node)
                     self.sub.connect(m.endpoint(node, "pub"))
         self._poller = zmq.Poller()
         for s in (self.sub, self.rep):
@@ -292,11 +293,14 @@ class Node:
             os.chmod(endpoint[6:], 0o600)
         self.log.info("bound %s", endpoint)
 
-    def _secure(self, sock, server: bool):
+    def _secure(self, sock, server: bool, server_node: str = None):
         """CurveZMQ on tcp when ``mesh.curve`` is on (see nodes.security)."""
         if self.mesh.curve and self.mesh.transport == "tcp":
             from . import security
-            security.apply(sock, self.mesh, self.instance, server=server, context=self._ctx)
+            security.apply(sock, self.mesh, self.instance, server=server, context=self._ctx,
+                           server_node=server_node)
+            if server:
+                self._auth_holds += 1
 
     def _close(self):
         for s in (self.sub, self.rep):
@@ -305,6 +309,11 @@ class Node:
         if self.pub is not None:
             self.pub.close()   # bounded linger (mesh.pub_linger_ms): the unsent tail is flushed
         self.sub = self.rep = self.pub = None
+        if self._auth_holds:
+            from . import security
+            for _ in range(self._auth_holds):
+                security.release(self._ctx)
+            self._auth_holds = 0
         for fd in self._lock_fds:
             os.close(fd)
         self._lock_fds = []
