@@ -1,0 +1,166 @@
+"""Metrics from events, without sockets: MeshMetrics over a private registry."""
+import time
+from decimal import Decimal
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import proto
+from nodes.config import ConfigError
+from nodes.metrics.collect import MeshMetrics
+from nodes.metrics.config import MetricsConfig
+
+D = Decimal
+S = 1_000_000_000
+
+
+def env(msg, topic="t", ts_event=0, source="execution"):
+    return proto.Envelope(topic, 1, source, 1, ts_event, ts_event, msg)
+
+
+def order(cid, status, *, filled="0", created=1 * S, updated=2 * S, origin=0, product="BTC-USD"):
+    return proto.Order(cid, "v-" + cid, product, "BUY", "LIMIT", "GTC", D("1"), None, D("100"), False, False,
+                       status, D(filled), D("100"), D("0"), D(filled), D("100"), "OK", "", "s", "paper",
+                       created, updated, origin)
+
+
+@pytest.fixture
+def m():
+    return MeshMetrics(CollectorRegistry(), node_timeout_s=3.0)
+
+
+def val(m, name, **labels):
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_market_data_counters(m):
+    for _ in range(3):
+        m.handle(env(proto.Tick("BTC-USD", D("65000.5"), D("65000"), D("1"), D("65001"), D("1"), D("10"))))
+    m.handle(env(proto.Trade("BTC-USD", "t1", D("65000"), D("0.1"), "BUY")))
+    m.handle(env(proto.FeedGap("ws", 1, 5, ["BTC-USD", "ETH-USD"])))
+    m.handle(env(proto.FeedStale("ws", 9.0, ["ETH-USD"])))
+    assert val(m, "tickmesh_ticks_total", product="BTC-USD") == 3
+    assert val(m, "tickmesh_last_price_quote", product="BTC-USD") == 65000.5
+    assert val(m, "tickmesh_trades_total", product="BTC-USD") == 1
+    assert val(m, "tickmesh_feed_gaps_total", product="ETH-USD") == 1
+    assert val(m, "tickmesh_feed_stale_total", product="ETH-USD") == 1
+
+
+def test_feed_reconnect_is_disconnected_then_ok(m):
+    fs = lambda state, ok: env(proto.FeedStatus("BTC-USD", ok, state, "", 0.5))  # noqa: E731
+    m.handle(fs("OK", True))
+    m.handle(fs("DISCONNECTED", False))
+    assert val(m, "tickmesh_feed_healthy", product="BTC-USD") == 0
+    m.handle(fs("DISCONNECTED", False))
+    m.handle(fs("OK", True))
+    assert val(m, "tickmesh_feed_reconnects_total", product="BTC-USD") == 1
+    assert val(m, "tickmesh_feed_healthy", product="BTC-USD") == 1
+
+
+def test_open_orders_roundtrip_and_tick_to_trade(m):
+    m.handle(env(order("a", "NEW"), "order.new"))
+    m.handle(env(order("a", "ACCEPTED"), "order.accepted"))
+    m.handle(env(order("b", "NEW", product="ETH-USD"), "order.new"))
+    assert val(m, "tickmesh_open_orders", product="BTC-USD") == 1
+    assert val(m, "tickmesh_open_orders", product="ETH-USD") == 1
+    # first fill at ts_event 1.25 s for an order caused by a tick received at 1.0 s
+    m.handle(env(order("a", "PARTIALLY_FILLED", filled="0.5", origin=1 * S), "order.partially_filled",
+                 ts_event=int(1.25 * S)))
+    m.handle(env(order("a", "FILLED", filled="1", origin=1 * S, updated=int(1.5 * S)), "order.filled",
+                 ts_event=int(1.5 * S)))
+    assert val(m, "tickmesh_open_orders", product="BTC-USD") == 0
+    assert val(m, "tickmesh_tick_to_trade_seconds_count") == 1          # first fill only
+    assert val(m, "tickmesh_tick_to_trade_seconds_sum") == pytest.approx(0.25)
+    assert val(m, "tickmesh_order_roundtrip_seconds_count", status="FILLED") == 1
+    assert val(m, "tickmesh_order_roundtrip_seconds_sum", status="FILLED") == pytest.approx(0.5)
+    # a repeated terminal event is counted by status but not observed twice
+    m.handle(env(order("a", "FILLED", filled="1", origin=1 * S), "order.filled", ts_event=2 * S))
+    assert val(m, "tickmesh_orders_total", status="FILLED", product="BTC-USD") == 2
+    assert val(m, "tickmesh_order_roundtrip_seconds_count", status="FILLED") == 1
+    m.handle(env(order("b", "REJECTED", product="ETH-USD"), "order.rejected"))
+    assert val(m, "tickmesh_open_orders", product="ETH-USD") == 0
+    assert val(m, "tickmesh_order_roundtrip_seconds_count", status="REJECTED") == 1
+    assert m.open_order_ids() == set()
+
+
+def test_positions_pnl_and_risk(m):
+    m.handle(env(proto.Position("BTC-USD", D("-0.5"), D("100"), D("1.5"), D("-2"), D("50.5"), D("101"), D("0.1"))))
+    assert val(m, "tickmesh_position_base", product="BTC-USD") == -0.5
+    assert val(m, "tickmesh_exposure_quote", product="BTC-USD") == 50.5
+    assert val(m, "tickmesh_position_unrealized_pnl_quote", product="BTC-USD") == -2
+    m.handle(env(proto.PnL(D("10"), D("-3"), D("7"), D("10007"), D("0.5"), "2026-01-01")))
+    assert val(m, "tickmesh_pnl_daily_quote") == 7 and val(m, "tickmesh_equity_quote") == 10007
+    m.handle(env(proto.RiskDecision("x", "BTC-USD", False, "VOL_BAND", "outside band", 2000)))
+    m.handle(env(proto.RiskDecision("y", "BTC-USD", True, "OK", "", 1000)))
+    assert val(m, "tickmesh_risk_denials_total", code="VOL_BAND") == 1
+    assert val(m, "tickmesh_risk_decisions_total", result="approved") == 1
+    m.handle(env(proto.KillSwitch(True, "r", "manual", 1)))
+    assert val(m, "tickmesh_killswitch_engaged") == 1
+    m.handle(env(proto.RiskState("HALTED", "ACTIVE", "kill switch")))
+    assert val(m, "tickmesh_trading_state", state="HALTED") == 1
+    assert val(m, "tickmesh_trading_state", state="ACTIVE") == 0
+    m.handle(env(proto.RiskExposure(D("60"), D("-60"), {"ETH-USD": D("2")}, {"ETH-USD": D("60")}, "ACTIVE", False)))
+    assert val(m, "tickmesh_killswitch_engaged") == 0
+    assert val(m, "tickmesh_exposure_gross_quote") == 60
+    assert val(m, "tickmesh_position_base", product="ETH-USD") == 2
+
+
+def test_heartbeats_give_node_up_and_bus_gaps(m):
+    hb = proto.Heartbeat("risk", 7, "RUNNING", 1, 12.5, {"published": 10, "malformed": 2,
+                                                        "bus_gaps.marketdata": 4}, "h")
+    m.handle(env(hb, "node.heartbeat.risk", source="risk"))
+    assert val(m, "tickmesh_node_up", node="risk") == 1
+    assert val(m, "tickmesh_bus_gaps_total", node="risk", publisher="marketdata") == 4
+    assert val(m, "tickmesh_node_events_published_total", node="risk") == 10
+    assert val(m, "tickmesh_node_malformed_frames_total", node="risk") == 2
+    assert val(m, "tickmesh_node_uptime_seconds", node="risk") == 12.5
+    # an old heartbeat means down
+    m._beats["risk"] = (time.time_ns() - 4 * S, hb)
+    assert val(m, "tickmesh_node_up", node="risk") == 0
+    assert m.nodes_up() == {"risk": False}
+    m.handle(env(hb._replace(state="STOPPED"), "node.heartbeat.risk", source="risk"))
+    assert val(m, "tickmesh_node_up", node="risk") == 0
+
+
+def test_own_counters_appear_for_the_host_node():
+    m = MeshMetrics(CollectorRegistry(), own_counters=lambda: ("metrics", 3.0, {"received": 5}, {"risk": 2}))
+    assert val(m, "tickmesh_node_up", node="metrics") == 1
+    assert val(m, "tickmesh_bus_gaps_total", node="metrics", publisher="risk") == 2
+    assert val(m, "tickmesh_node_events_received_total", node="metrics") == 5
+
+
+def test_process_alert_and_unknown_events(m):
+    m.handle(env(proto.ProcessEvent("execution", "tickmesh", "EXITED", 5, False, "x")))
+    m.handle(env(proto.AlertEvent("killswitch", "critical", "t", "x", False, ["slack"]), "alert.killswitch"))
+    assert not m.handle(env(proto.Query("x")))
+    assert val(m, "tickmesh_process_events_total", program="execution", state="EXITED") == 1
+    assert val(m, "tickmesh_alerts_total", kind="killswitch", severity="critical", resolved="false") == 1
+    assert val(m, "tickmesh_metrics_unknown_events_total", type="Query") == 1
+
+
+def test_names_follow_prometheus_conventions(m):
+    m.handle(env(proto.Heartbeat("risk", 7, "RUNNING", 1, 1.0, {"bus_gaps.x": 1, "published": 1}, "h")))
+    text = generate_latest(m.registry).decode()
+    fams = list(text_string_to_metric_families(text))
+    assert len(fams) > 30
+    for f in fams:
+        assert f.name.startswith("tickmesh_"), f.name
+        if f.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in f.samples), f.name
+        if f.type == "histogram":
+            assert f.name.endswith("_seconds"), f.name
+
+
+def test_two_instances_coexist():
+    a, b = MeshMetrics(CollectorRegistry()), MeshMetrics(CollectorRegistry())
+    a.handle(env(proto.Trade("BTC-USD", "1", D("1"), D("1"), "BUY")))
+    assert a.registry.get_sample_value("tickmesh_trades_total", {"product": "BTC-USD"}) == 1
+    assert b.registry.get_sample_value("tickmesh_trades_total", {"product": "BTC-USD"}) is None
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="metrics.port"):
+        MetricsConfig(port=70000)
+    with pytest.raises(ConfigError, match="metrics.roundtrip_buckets"):
+        MetricsConfig(roundtrip_buckets=[0.5, 0.1])
