@@ -1,0 +1,102 @@
+"""A level2 order book of one product, kept from Coinbase ``l2_data`` snapshots and updates.
+
+Sizes are absolute (``new_quantity``), ``0`` removes the level. Prices are kept in sorted lists
+(``bisect``: a snapshot of tens of thousands of levels stays cheap to query for the top N) next to
+a price -> size dict. Everything is ``Decimal``.
+
+A book is *valid* only between a snapshot and the next invalidation (gap, reconnect, crossed
+book): updates to an invalid book are refused (``apply`` returns False) because they would build a
+wrong book.
+"""
+from bisect import bisect_left, insort
+from decimal import Decimal
+
+_ZERO = Decimal(0)
+
+
+class L2Book:
+    __slots__ = ("product", "bids", "asks", "_bid_px", "_ask_px", "valid", "ts_event", "ts_recv",
+                 "updates", "dirty")
+
+    def __init__(self, product: str):
+        self.product = product
+        self.bids: dict = {}          # price -> size
+        self.asks: dict = {}
+        self._bid_px: list = []       # ascending; best bid is the last
+        self._ask_px: list = []       # ascending; best ask is the first
+        self.valid = False
+        self.ts_event = 0
+        self.ts_recv = 0
+        self.updates = 0
+        self.dirty = False
+
+    # --- mutation -----------------------------------------------------------------------------------
+    def snapshot(self, bids, asks, ts_event: int = 0, ts_recv: int = 0):
+        """Replace the whole book. Levels with size 0 are ignored."""
+        self.bids = {p: s for p, s in bids if s > _ZERO}
+        self.asks = {p: s for p, s in asks if s > _ZERO}
+        self._bid_px = sorted(self.bids)
+        self._ask_px = sorted(self.asks)
+        self.valid = True
+        self.ts_event, self.ts_recv = ts_event, ts_recv
+        self.updates += 1
+        self.dirty = True
+
+    def update(self, bids, asks, ts_event: int = 0, ts_recv: int = 0) -> bool:
+        """Apply absolute level sizes. Returns False (and changes nothing) on an invalid book."""
+        if not self.valid:
+            return False
+        _apply(self.bids, self._bid_px, bids)
+        _apply(self.asks, self._ask_px, asks)
+        if ts_event > self.ts_event:
+            self.ts_event = ts_event
+        self.ts_recv = ts_recv
+        self.updates += 1
+        self.dirty = True
+        return True
+
+    def invalidate(self):
+        """Forget the book (it can no longer be trusted): wait for the next snapshot."""
+        self.valid = False
+        self.bids, self.asks, self._bid_px, self._ask_px = {}, {}, [], []
+        self.dirty = False
+
+    # --- queries --------------------------------------------------------------------------------------
+    def best_bid(self):
+        """``(price, size)`` or None."""
+        if not self._bid_px:
+            return None
+        p = self._bid_px[-1]
+        return p, self.bids[p]
+
+    def best_ask(self):
+        if not self._ask_px:
+            return None
+        p = self._ask_px[0]
+        return p, self.asks[p]
+
+    def crossed(self) -> bool:
+        """Best bid at or above best ask: the book is wrong (a missed update)."""
+        return bool(self._bid_px and self._ask_px and self._bid_px[-1] >= self._ask_px[0])
+
+    def top(self, n: int):
+        """``(bids, asks)``: up to n ``[price, size]`` levels per side, best first."""
+        bp = self._bid_px
+        bids = [[p, self.bids[p]] for p in reversed(bp[-n:])] if bp else []
+        asks = [[p, self.asks[p]] for p in self._ask_px[:n]]
+        return bids, asks
+
+    def depth(self):
+        return len(self._bid_px), len(self._ask_px)
+
+
+def _apply(levels: dict, prices: list, changes):
+    for p, s in changes:
+        if s > _ZERO:
+            if p not in levels:
+                insort(prices, p)
+            levels[p] = s
+        elif p in levels:
+            del levels[p]
+            i = bisect_left(prices, p)
+            del prices[i]
