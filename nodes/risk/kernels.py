@@ -1,0 +1,293 @@
+"""Volatility kernels, compiled with Numba: rolling stddev of log returns, EWMA variance, Wilder ATR.
+
+The whole state of one product's bands lives in ONE float64 array (layout below: parameters,
+kernel state, outputs, then the ring buffer of the rolling window). ``update(st, price, ts_ns)`` is
+the per-tick O(1) incremental form that updates every band of the product in one jitted call (a
+Numba call costs ~300 ns of dispatch, so one call per tick, not one per kernel). ``batch(st,
+prices, ts, out_std, out_ewma, out_atr)`` is the batch form over arrays (warm-up from history,
+benchmarks, checks): it runs the very same step code in a loop and leaves ``st`` ready for live
+updates. Each kernel also has a standalone batch form (``std_batch``, ``ewma_batch``,
+``atr_batch``) and a step form (``std_step``, ``ewma_step``, ``atr_step``).
+
+Numerics
+* Log returns are ``log1p((p - prev) / prev)``: ``p - prev`` is exact for nearby prices (Sterbenz),
+  so tiny moves on prices near 1e5 keep their precision (``log(p / prev)`` would not).
+* The rolling variance is a sliding Welford update (mean and M2, never raw sums of squares, which
+  lose everything to cancellation on large means). Removing a value can still cancel (a huge jump
+  leaving the window), so the M2 is recomputed exactly (two-pass over the ring) when it falls below
+  1e-4 of its peak since the last recompute, and in any case every ``window`` replacements: the
+  cost stays amortised O(1) and the rounding error bounded (about window x 1e-16 x 1e4).
+* EWMA is RiskMetrics style on zero-mean returns: ``var = a*var + (1-a)*r^2``, seeded with the first
+  squared return.
+* ATR: ticks are aggregated into bars of ``bar_ns`` nanoseconds (bar id = ts // bar_ns); a bar
+  completes when a tick of a later bar arrives (intervals without ticks make no bar; the gap shows
+  in the next true range through the previous close). TR = max(H-L, |H-Cprev|, |L-Cprev|) (H-L for
+  the first bar); the first ATR is the mean of the first ``period`` TRs, then Wilder's smoothing
+  ``atr = (atr*(period-1) + TR) / period``. A tick stamped earlier than the current bar counts in
+  the current bar.
+Outputs are NaN until defined: stddev needs 2 returns, EWMA 1 return, ATR ``period`` bars.
+
+Compilation: every kernel has an explicit signature (production dtypes: float64 state and prices,
+int64 nanosecond timestamps, C-contiguous arrays), so Numba compiles it, or loads it from its cache
+(``cache=True``, next to this file or in ``NUMBA_CACHE_DIR``), when this module is imported; the
+node's ``setup()`` then runs ``warm()`` once before serving. No order ever pays a compile.
+"""
+import math
+
+import numpy as np
+import numpy.ma  # noqa: F401  Numba's typeof() imports it lazily on the first call: pay it here
+from numba import njit
+
+# --- state layout (indices into the float64 state array) -----------------------------------------
+P_WINDOW = 0      # parameters
+P_ALPHA = 1
+P_BAR_NS = 2
+P_PERIOD = 3
+S_PREV = 4        # previous price (0: none yet)
+S_N = 5           # returns in the window (<= window)
+S_HEAD = 6        # ring slot of the oldest return (overwritten next once full)
+S_MEAN = 7
+S_M2 = 8
+S_PEAK = 9        # peak M2 since the last exact recompute
+S_SINCE = 10      # replacements since the last exact recompute
+S_NRET = 11       # returns seen in total
+S_EVAR = 12       # EWMA variance
+S_BAR = 13        # current bar id (-1: none)
+S_BH = 14         # current bar high / low / close
+S_BL = 15
+S_BC = 16
+S_PC = 17         # previous bar close
+S_NBARS = 18      # completed bars
+S_TRSUM = 19      # sum of the first `period` true ranges
+S_ATR = 20
+O_STD = 21        # outputs: rolling stddev of log returns, sqrt(EWMA var), ATR (price units)
+O_EWMA = 22
+O_ATR = 23
+S_NTICK = 24      # ticks accepted
+S_RECOMP = 25     # exact recomputes done (diagnostics)
+RING = 32         # ring buffer of the last `window` returns starts here
+
+REFRESH_DROP = 1e-4   # exact recompute when M2 falls below this fraction of its peak
+
+
+def new_state(window: int, alpha: float, bar_ns: int, period: int) -> np.ndarray:
+    """A fresh state array for one product."""
+    if window < 2 or not (0.0 < alpha < 1.0) or bar_ns < 1 or period < 1:
+        raise ValueError("bad kernel parameters")
+    st = np.zeros(RING + window, dtype=np.float64)
+    st[P_WINDOW] = window
+    st[P_ALPHA] = alpha
+    st[P_BAR_NS] = bar_ns
+    st[P_PERIOD] = period
+    st[S_BAR] = -1.0
+    st[O_STD] = st[O_EWMA] = st[O_ATR] = np.nan
+    return st
+
+
+@njit("void(float64[::1])", cache=True)
+def _recompute(st):
+    """Exact (corrected two-pass) mean and M2 of the returns in the ring (order is irrelevant)."""
+    n = int(st[S_N])
+    s = 0.0
+    for i in range(n):
+        s += st[RING + i]
+    mean = s / n
+    m2 = 0.0
+    c = 0.0
+    for i in range(n):
+        d = st[RING + i] - mean
+        m2 += d * d
+        c += d
+    m2 -= c * c / n          # the corrected two-pass: removes the rounding error of the mean
+    if m2 < 0.0:
+        m2 = 0.0
+    st[S_MEAN] = mean + c / n
+    st[S_M2] = m2
+    st[S_PEAK] = m2
+    st[S_SINCE] = 0.0
+    st[S_RECOMP] += 1.0
+
+
+@njit("void(float64[::1], float64)", cache=True)
+def std_step(st, r):
+    """Add one log return to the rolling window (O(1) amortised); writes st[O_STD]."""
+    w = int(st[P_WINDOW])
+    n = int(st[S_N])
+    if n < w:
+        st[RING + n] = r
+        n += 1
+        st[S_N] = n
+        d = r - st[S_MEAN]
+        st[S_MEAN] += d / n
+        st[S_M2] += d * (r - st[S_MEAN])
+        if st[S_M2] < 0.0:
+            st[S_M2] = 0.0
+        if st[S_M2] > st[S_PEAK]:
+            st[S_PEAK] = st[S_M2]
+    else:
+        h = int(st[S_HEAD])
+        old = st[RING + h]
+        st[RING + h] = r
+        st[S_HEAD] = (h + 1) % w
+        mean = st[S_MEAN]
+        new_mean = mean + (r - old) / w
+        m2 = st[S_M2] + (r - old) * (r - new_mean + old - mean)
+        st[S_MEAN] = new_mean
+        st[S_M2] = m2 if m2 > 0.0 else 0.0
+        st[S_SINCE] += 1.0
+        if st[S_M2] > st[S_PEAK]:
+            st[S_PEAK] = st[S_M2]
+        if st[S_SINCE] >= w or st[S_M2] < st[S_PEAK] * REFRESH_DROP:
+            _recompute(st)
+    if n >= 2:
+        st[O_STD] = math.sqrt(st[S_M2] / (n - 1))
+    else:
+        st[O_STD] = np.nan
+
+
+@njit("void(float64[::1], float64)", cache=True)
+def ewma_step(st, r):
+    """RiskMetrics EWMA variance of log returns; writes st[O_EWMA] = sqrt(var)."""
+    a = st[P_ALPHA]
+    if st[S_NRET] <= 1.0:       # S_NRET counts this return already: seed with the first one
+        v = r * r
+    else:
+        v = a * st[S_EVAR] + (1.0 - a) * r * r
+    st[S_EVAR] = v
+    st[O_EWMA] = math.sqrt(v)
+
+
+@njit("void(float64[::1], float64, int64)", cache=True)
+def atr_step(st, price, ts):
+    """Aggregate one tick into bars; on a bar close update Wilder's ATR; writes st[O_ATR]."""
+    bar = float(ts // np.int64(st[P_BAR_NS]))
+    cur = st[S_BAR]
+    if cur < 0.0:
+        st[S_BAR] = bar
+        st[S_BH] = st[S_BL] = st[S_BC] = price
+        return
+    if bar <= cur:               # same bar (or a late tick): extend it
+        if price > st[S_BH]:
+            st[S_BH] = price
+        if price < st[S_BL]:
+            st[S_BL] = price
+        st[S_BC] = price
+        return
+    # a later bar: close the current one
+    h = st[S_BH]
+    lo = st[S_BL]
+    tr = h - lo
+    nb = st[S_NBARS]
+    if nb > 0.0:
+        pc = st[S_PC]
+        a = abs(h - pc)
+        b = abs(lo - pc)
+        if a > tr:
+            tr = a
+        if b > tr:
+            tr = b
+    nb += 1.0
+    st[S_NBARS] = nb
+    st[S_PC] = st[S_BC]
+    period = st[P_PERIOD]
+    if nb < period:
+        st[S_TRSUM] += tr
+    elif nb == period:
+        st[S_TRSUM] += tr
+        st[S_ATR] = st[S_TRSUM] / period
+        st[O_ATR] = st[S_ATR]
+    else:
+        st[S_ATR] = (st[S_ATR] * (period - 1.0) + tr) / period
+        st[O_ATR] = st[S_ATR]
+    st[S_BAR] = bar
+    st[S_BH] = st[S_BL] = st[S_BC] = price
+
+
+@njit("int64(float64[::1], float64, int64)", cache=True)
+def update(st, price, ts):
+    """THE per-tick call: every band of one product in one jitted call. Returns 1 if the tick was
+    used, 0 if refused (a price that is not a finite positive number)."""
+    if not (price > 0.0) or price == np.inf:
+        return 0
+    st[S_NTICK] += 1.0
+    prev = st[S_PREV]
+    st[S_PREV] = price
+    if prev > 0.0:
+        r = math.log1p((price - prev) / prev)
+        st[S_NRET] += 1.0
+        std_step(st, r)
+        ewma_step(st, r)
+    atr_step(st, price, ts)
+    return 1
+
+
+@njit("int64(float64[::1], float64[::1], int64[::1], float64[::1], float64[::1], float64[::1])", cache=True)
+def batch(st, prices, ts, out_std, out_ewma, out_atr):
+    """The batch form: ``update`` over arrays, outputs after each tick. Returns ticks used."""
+    used = 0
+    for i in range(prices.shape[0]):
+        used += update(st, prices[i], ts[i])
+        out_std[i] = st[O_STD]
+        out_ewma[i] = st[O_EWMA]
+        out_atr[i] = st[O_ATR]
+    return used
+
+
+# --- standalone batch forms of each kernel (same step code) --------------------------------------
+
+@njit("float64[::1](float64[::1], float64[::1])", cache=True)
+def std_batch(returns, st):
+    """Rolling stddev (ddof=1) of ``returns`` over st[P_WINDOW]; NaN until 2 values. ``st`` is a
+    state array from ``new_state`` (the batch continues from it and leaves it updated)."""
+    out = np.empty(returns.shape[0])
+    for i in range(returns.shape[0]):
+        std_step(st, returns[i])
+        out[i] = st[O_STD]
+    return out
+
+
+@njit("float64[::1](float64[::1], float64[::1])", cache=True)
+def ewma_batch(returns, st):
+    """sqrt of the EWMA variance after each return (alpha from ``st``)."""
+    out = np.empty(returns.shape[0])
+    for i in range(returns.shape[0]):
+        st[S_NRET] += 1.0
+        ewma_step(st, returns[i])
+        out[i] = st[O_EWMA]
+    return out
+
+
+@njit("float64[::1](float64[::1], int64[::1], float64[::1])", cache=True)
+def atr_batch(prices, ts, st):
+    """Wilder ATR known after each tick (bars of st[P_BAR_NS], period st[P_PERIOD])."""
+    out = np.empty(prices.shape[0])
+    for i in range(prices.shape[0]):
+        atr_step(st, prices[i], ts[i])
+        out[i] = st[O_ATR]
+    return out
+
+
+@njit("float64[::1](float64[::1])", cache=True)
+def log_returns(prices):
+    out = np.empty(max(prices.shape[0] - 1, 0))
+    for i in range(1, prices.shape[0]):
+        out[i - 1] = math.log1p((prices[i] - prices[i - 1]) / prices[i - 1])
+    return out
+
+
+def warm(window: int = 8, alpha: float = 0.94, bar_ns: int = 1_000_000_000, period: int = 3):
+    """Compile (or load from the cache) every kernel with the production dtypes: float64 state and
+    prices, int64 timestamps. Call before the first tick so no order ever pays a compile."""
+    st = new_state(window, alpha, bar_ns, period)
+    n = 3 * window
+    p = 100.0 + np.arange(n, dtype=np.float64) * 0.01
+    t = np.arange(n, dtype=np.int64) * bar_ns
+    update(st, 100.0, np.int64(0))
+    update(st, float(p[1]), int(t[1]))    # python float/int arguments as the node passes them
+    o1, o2, o3 = np.empty(n), np.empty(n), np.empty(n)
+    batch(st, p, t, o1, o2, o3)
+    r = log_returns(p)
+    std_batch(r, new_state(window, alpha, bar_ns, period))
+    ewma_batch(r, new_state(window, alpha, bar_ns, period))
+    atr_batch(p, t, new_state(window, alpha, bar_ns, period))
+    return st
