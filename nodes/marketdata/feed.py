@@ -116,14 +116,21 @@ class WsFeed:
 
     def stop(self, timeout: float = 0.8):
         self._stopping = True
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._cancel)
-            except RuntimeError:        # loop already closed
-                pass
+        deadline = time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive():
+            # asyncio.wait_for (3.11) can swallow a cancellation that races a completing receive:
+            # cancel again until the thread is gone (the loops also check _stopping)
+            loop = self._loop
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(self._cancel)
+                except RuntimeError:        # loop already closed
+                    pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._thread.join(min(0.05, left))
         if self._thread is not None:
-            self._thread.join(timeout)
             if self._thread.is_alive():
                 self.log.error("%s feed thread did not stop within %.1f s", self.kind, timeout)
 

@@ -37,7 +37,7 @@ class RawFeed(WsFeed):
             self._ws = ws
             stale = conf.stale_timeout_s
             emit, raw, recv, feed = self.emit, self.raw, ws.recv, norm.feed
-            while True:
+            while not self._stopping:
                 try:
                     frame = await asyncio.wait_for(recv(), timeout=stale)
                 except asyncio.TimeoutError:
@@ -53,6 +53,7 @@ class RawFeed(WsFeed):
                 else:
                     batch = feed(frame, now)
                 emit(batch)
+            return "stopped"
         finally:
             self._ws = None
             await _close(ws)

@@ -144,7 +144,7 @@ class SdkFeed(WsFeed):
             if "heartbeats" in self.channels:
                 await asyncio.wait_for(client.subscribe_async([], ["heartbeats"]), conf.send_timeout_s)
             stale = conf.stale_timeout_s
-            while True:
+            while not self._stopping:
                 task = client._task
                 if task is None or task.done():
                     exc = client._background_exception
@@ -155,6 +155,7 @@ class SdkFeed(WsFeed):
                     self.emit([Stale(self.conn, round(silent, 3))])
                     return f"stale: no frame for {silent:.1f} s"
                 await asyncio.wait({task}, timeout=min(0.1, stale - silent))
+            return "stopped"
         finally:
             self._client = None
             self._norm = None
