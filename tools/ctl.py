@@ -2,7 +2,7 @@
 
     tickmesh ctl status                          every node: up/down, pid, uptime, counters
     tickmesh ctl killswitch engage --reason "manual halt"
-    tickmesh ctl killswitch release|status
+    tickmesh ctl killswitch release|status|reduce|resume
     tickmesh ctl order buy BTC-USD 0.01 [--limit 65000] [--tif GTC|IOC|FOK] [--post-only]
                                         [--quote] [--reduce-only] [--id CLIENT_ORDER_ID]
     tickmesh ctl cancel CLIENT_ORDER_ID
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated nodes that must be up for exit status 0")
     s.add_argument("-v", "--verbose", action="store_true", help="all counters of every node")
     k = sub.add_parser("killswitch", help="engage, release or show the kill switch (risk)")
-    k.add_argument("action", choices=("engage", "release", "status"))
+    k.add_argument("action", choices=("engage", "release", "status", "reduce", "resume"),
+                   help="reduce/resume: only position-shrinking orders / back to normal")
     k.add_argument("--reason", default="", help="why (recorded and alerted)")
     o = sub.add_parser("order", help="submit an order to execution (risk-checked)")
     o.add_argument("side", choices=("buy", "sell", "BUY", "SELL"))
@@ -319,8 +320,11 @@ def main(argv=None, *, out=None, err=None, context=None) -> int:
                               "data": _plain(reply.data)}, indent=1), file=out)
         elif isinstance(reply.data, proto.Order):
             print(describe_order(reply.data), file=out)
-        elif reply.data is not None:
-            print(render(reply.data), file=out)
+        else:
+            if reply.ok and reply.reason:
+                print(reply.reason, file=out)
+            if reply.data is not None:
+                print(render(reply.data), file=out)
         if not reply.ok:
             print(f"{node} refused: {reply.code}: {reply.reason}", file=err)
             return EXIT_REFUSED

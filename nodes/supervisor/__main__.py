@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    node = SupervisorListener(cfg.mesh, None, secrets=cfg.secrets, stdin=sys.stdin.buffer, stdout=proto_out,
+    node = SupervisorListener(cfg.mesh, None, secrets=cfg.secrets, stdin_fd=sys.stdin.fileno(), stdout=proto_out,
                               on_eof=stop.set)
     try:
         node.start()

@@ -4,6 +4,9 @@ supervisord writes ``<header line>\\n<payload of len bytes>`` to the listener's 
 listener wrote ``READY\\n`` to its stdout; the listener answers ``RESULT 2\\nOK`` (or ``FAIL``).
 Because stdout is the protocol channel, nothing else may ever be written to it.
 """
+import os
+import select
+
 from proto import ProcessEvent
 
 EVENTS = ("PROCESS_STATE_EXITED", "PROCESS_STATE_FATAL", "PROCESS_STATE_RUNNING", "PROCESS_STATE_BACKOFF")
@@ -78,3 +81,39 @@ def serve(stdin, stdout, handle, log) -> int:
                 log.exception("handling %s failed", ev)
         stdout.write(OK)
         stdout.flush()
+
+
+class StoppableReader:
+    """Unbuffered reads of a file descriptor that give up (as EOF) once ``stopped()`` is true, so a
+    thread blocked on supervisord's stdin can be joined at shutdown."""
+
+    def __init__(self, fd: int, stopped, poll_s: float = 0.2):
+        self.fd, self.stopped, self.poll_s = fd, stopped, poll_s
+
+    def _wait(self) -> bool:
+        while not self.stopped():
+            if select.select([self.fd], [], [], self.poll_s)[0]:
+                return True
+        return False
+
+    def readline(self) -> bytes:
+        out = bytearray()
+        while not out.endswith(b"\n"):
+            if not self._wait():
+                return b""
+            b = os.read(self.fd, 1)
+            if not b:
+                return bytes(out)
+            out += b
+        return bytes(out)
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            if not self._wait():
+                return bytes(out)
+            b = os.read(self.fd, n - len(out))
+            if not b:
+                break
+            out += b
+        return bytes(out)

@@ -18,8 +18,12 @@ class SupervisorListener(Node):
     name = "supervisor"
     subscriptions = ()
 
-    def __init__(self, mesh, conf=None, *, stdin=None, stdout=None, on_eof=None, **kw):
+    def __init__(self, mesh, conf=None, *, stdin=None, stdin_fd=None, stdout=None, on_eof=None, **kw):
+        """``stdin``: a binary stream, or ``stdin_fd``: a descriptor read so that stop() can join
+        the reader; ``stdout``: the binary protocol channel back to supervisord."""
         super().__init__(mesh, conf, **kw)
+        if stdin is None and stdin_fd is not None:
+            stdin = listener.StoppableReader(stdin_fd, lambda: self._stopping)
         self._stdin, self._stdout, self._on_eof = stdin, stdout, on_eof
         self._reader = None
         self.events = 0
@@ -29,6 +33,11 @@ class SupervisorListener(Node):
         if self._stdin is not None:
             self._reader = threading.Thread(target=self._read, name="supervisor-events", daemon=True)
             self._reader.start()
+
+    def teardown(self):
+        if self._reader is not None:
+            self._reader.join(1.0)      # the reader polls ``_stopping`` (StoppableReader)
+            self._reader = None
 
     def _read(self):
         n = listener.serve(self._stdin, self._stdout, lambda ev: self.call_soon(self.emit, ev), self.log)
