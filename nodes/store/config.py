@@ -26,7 +26,7 @@ class StoreConfig:
         if not self.prefixes:
             raise ConfigError("store.prefixes: must name at least one topic prefix")
         for p in self.prefixes:
-            if not p or not p.isascii() or "\x00" in p:
+            if not p.isascii() or "\x00" in p:     # "" stores everything
                 raise ConfigError(f"store.prefixes: bad topic prefix {p!r}")
         if not self.flush_interval_s > 0:
             raise ConfigError(f"store.flush_interval_s: must be > 0, got {self.flush_interval_s}")

@@ -28,6 +28,7 @@ from proto import jsonl
 from proto.codec import Envelope
 
 FORMAT = "tickmesh.jsonl/1"
+CLOSE_RESERVE = 128       # bytes kept free for the _close line
 _log = logging.getLogger("tickmesh.store.writer")
 
 
@@ -126,7 +127,7 @@ class RotatingFile:
             self.open(now_ns)
         chunk = []
         size = self.size
-        limit = self.rotate_bytes
+        limit = self.rotate_bytes - CLOSE_RESERVE      # a file ends with its _close line under the limit
         for line in lines:
             n = len(line) + 1     # json.dumps output is ASCII: characters == bytes
             if size + n > limit and self.lines - 1 + len(chunk) > 0:   # never rotate an empty file

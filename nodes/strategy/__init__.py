@@ -21,7 +21,7 @@ from nodes.runtime import Node
 
 from .base import PluginContext, Strategy
 from .config import StrategyConfig
-from .gate import Gate
+from .gate import FINAL, Gate
 
 __all__ = ["StrategyNode", "StrategyConfig", "Strategy", "BUILTINS", "load_plugins"]
 
@@ -113,6 +113,8 @@ class StrategyNode(Node):
         self.run_id = f"{conf.seed:x}" if conf.seed else os.urandom(4).hex()
         self._n = 0
         self.orders = OrderedDict()  # client_order_id -> (plugin, product), bounded
+        self._filled = {}            # client_order_id -> base size filled so far (own fills)
+        self._final = {}             # client_order_id -> filled_size of a final order awaiting fills
         self.clock_ns = 0            # market time: the latest ts_event of a market event
         self.client = None
         self.c = {k: 0 for k in (
@@ -195,6 +197,11 @@ class StrategyNode(Node):
         pos = self.positions[plugin_name]
         pos[product] = pos.get(product, Decimal(0)) + (f.size if f.side == "BUY" else -f.size)
         self.c["fills"] += 1
+        got = self._filled[f.client_order_id] = self._filled.get(f.client_order_id, Decimal(0)) + f.size
+        want = self._final.get(f.client_order_id)
+        if want is not None and got >= want:
+            del self._final[f.client_order_id]
+            self._done(f.client_order_id, plugin_name, product)
         p = self._plugin(plugin_name)
         if p is not None:
             self._run(p, p.on_fill, env)
@@ -204,12 +211,19 @@ class StrategyNode(Node):
         owner = self.orders.get(o.client_order_id)
         if owner is None:
             return
-        if o.status in ("FILLED", "CANCELLED", "REJECTED"):
+        if o.status in FINAL and o.client_order_id not in self._final:
             self.c["orders_final"] += 1
-        self.gate.order_update(owner[0], owner[1], o.client_order_id, o.status)
+            if self._filled.get(o.client_order_id, Decimal(0)) >= o.filled_size:
+                self._done(o.client_order_id, owner[0], owner[1])
+            else:       # its fills are still on the way: the position is not current yet
+                self._final[o.client_order_id] = o.filled_size
         p = self._plugin(owner[0])
         if p is not None:
             self._run(p, p.on_order, env)
+
+    def _done(self, coid, plugin_name, product):
+        self._filled.pop(coid, None)
+        self.gate.order_done(plugin_name, product, coid)
 
     # --- risk --------------------------------------------------------------------------------------------
     def _on_risk_state(self, env):
@@ -279,7 +293,9 @@ class StrategyNode(Node):
         it = it._replace(client_order_id=coid, strategy=plugin.name, origin_ns=env.ts_recv)
         self.orders[coid] = (plugin.name, it.product)
         while len(self.orders) > 10000:
-            self.orders.popitem(last=False)
+            old, _ = self.orders.popitem(last=False)
+            self._filled.pop(old, None)
+            self._final.pop(old, None)
         self.gate.sent(plugin.name, it, now)
         self.c["submitted"] += 1
         try:
@@ -293,7 +309,7 @@ class StrategyNode(Node):
         order = reply.data if type(reply.data) is Order else None
         if reply.ok and (order is None or order.status != "REJECTED"):
             self.c["accepted"] += 1
-            self.gate.accepted(plugin.name, it, order.status if order else "")
+            self.gate.accepted(plugin.name, it)
             return
         code = reply.code if not reply.ok else order.code
         reason = reply.reason if not reply.ok else order.reason

@@ -7,7 +7,8 @@ reason, counted by the node as ``suppressed_<reason>``):
 * ``halted``: risk's trading state is HALTED (``risk.state``): nothing is sent.
 * ``reducing``: state REDUCING and the intent would not shrink this plugin's position.
 * ``pending``: an order of this plugin in this product is still working (or its outcome unknown
-  after a timeout), until it is final or ``pending_timeout`` passes.
+  after a timeout), until it is final with all its fills seen (so the plugin's position is
+  current) or ``pending_timeout`` passes.
 * ``backoff``: a rejection (risk's or the venue's) or a timeout happened recently: the pause grows
   ``backoff, 2*backoff, 4*backoff ...`` up to ``max_backoff`` and resets on the next accepted order.
 * ``cooldown``: less than ``cooldown`` since this plugin's last order in this product.
@@ -73,12 +74,9 @@ class Gate:
         self.last_sent[key] = now_ns
         self.pending[key] = (intent.client_order_id, now_ns)
 
-    def accepted(self, plugin: str, intent, status: str = ""):
-        """The venue took the order. ``status`` (if the reply carried the Order) may be final."""
-        key = (plugin, intent.product)
-        self.backoff.pop(key, None)
-        if status in FINAL:
-            self._clear(key, intent.client_order_id)
+    def accepted(self, plugin: str, intent):
+        """Execution took the order: the backoff resets; it stays pending until ``order_done``."""
+        self.backoff.pop((plugin, intent.product), None)
 
     def rejected(self, plugin: str, intent, now_ns: int, *, outcome_known: bool = True) -> int:
         """A rejection (or a timeout: ``outcome_known=False`` keeps it pending). Returns the pause (ns)."""
@@ -90,9 +88,9 @@ class Gate:
         self.backoff[key] = (now_ns + pause, level)
         return pause
 
-    def order_update(self, plugin: str, product: str, client_order_id: str, status: str):
-        if status in FINAL:
-            self._clear((plugin, product), client_order_id)
+    def order_done(self, plugin: str, product: str, client_order_id: str):
+        """The order is final and its fills are in the position: the next one may go."""
+        self._clear((plugin, product), client_order_id)
 
     def _clear(self, key, coid):
         p = self.pending.get(key)
