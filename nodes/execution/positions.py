@@ -1,0 +1,194 @@
+"""Positions and PnL from fills: pure, exact (Decimal), and rebuildable from stored events.
+
+Per product: signed quantity, average cost (of the open quantity), realised PnL with fees
+subtracted, unrealised PnL marked to mid, exposure ``|qty| * mark`` in quote currency. Portfolio:
+equity = starting equity + realised + unrealised; daily PnL = equity - equity at the start of the
+UTC day (the baseline is taken at the first event of a new day, before that event applies).
+
+``PositionBook.replay(envelopes)`` rebuilds the same numbers from stored Fill events (and the
+market-data events that carried the marks): replaying the event store reproduces positions and
+PnL to the cent (in fact exactly, since the arithmetic and its order are the same).
+"""
+import datetime as _dt
+from decimal import Context, Decimal, ROUND_HALF_EVEN, localcontext
+
+from proto import Book, Fill, PnL, Position, Tick
+
+ZERO = Decimal(0)
+TWO = Decimal(2)
+CTX = Context(prec=34, rounding=ROUND_HALF_EVEN)    # explicit: never the (mutable) global context
+
+
+def utc_day(ts_ns: int) -> str:
+    return _dt.datetime.fromtimestamp(ts_ns / 1e9, _dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+class ProductPosition:
+    __slots__ = ("product", "qty", "avg_cost", "realized", "fees", "mark", "fills")
+
+    def __init__(self, product: str):
+        self.product = product
+        self.qty = ZERO
+        self.avg_cost = ZERO
+        self.realized = ZERO
+        self.fees = ZERO
+        self.mark = None
+        self.fills = 0
+
+    @property
+    def unrealized(self) -> Decimal:
+        if self.mark is None or not self.qty:
+            return ZERO
+        with localcontext(CTX):
+            return (self.mark - self.avg_cost) * self.qty
+
+    @property
+    def exposure(self) -> Decimal:
+        with localcontext(CTX):
+            return abs(self.qty) * (self.mark if self.mark is not None else self.avg_cost)
+
+    def apply(self, side: str, price: Decimal, size: Decimal, fee: Decimal) -> None:
+        with localcontext(CTX):
+            signed = size if side == "BUY" else -size
+            q = self.qty
+            self.realized -= fee
+            self.fees += fee
+            if q == 0 or (q > 0) == (signed > 0):          # opening or adding
+                new_q = q + signed
+                self.avg_cost = (self.avg_cost * abs(q) + price * size) / abs(new_q)
+                self.qty = new_q
+            else:                                           # reducing, closing or flipping
+                closed = min(abs(q), size)
+                direction = 1 if q > 0 else -1
+                self.realized += (price - self.avg_cost) * closed * direction
+                new_q = q + signed
+                if new_q == 0:
+                    self.avg_cost = ZERO
+                elif (new_q > 0) != (q > 0):                # flipped: the rest opens at the fill price
+                    self.avg_cost = price
+                self.qty = new_q
+            self.fills += 1
+
+    def to_proto(self) -> Position:
+        mark = self.mark if self.mark is not None else self.avg_cost
+        return Position(self.product, self.qty, self.avg_cost, self.realized, self.unrealized,
+                        self.exposure, mark, self.fees)
+
+
+class PositionBook:
+    def __init__(self, starting_equity: Decimal = ZERO):
+        self.starting_equity = Decimal(starting_equity)
+        self.positions: dict = {}
+        self.day = None                 # UTC day the daily PnL refers to
+        self.day_start_equity = self.starting_equity
+        self.last_ts = 0
+
+    def _pos(self, product) -> ProductPosition:
+        p = self.positions.get(product)
+        if p is None:
+            p = self.positions[product] = ProductPosition(product)
+        return p
+
+    # --- inputs -----------------------------------------------------------------------------
+    def roll(self, ts_ns: int) -> bool:
+        """Start a new UTC day if ``ts_ns`` is in one; True when the baseline was reset."""
+        if ts_ns <= 0:
+            return False
+        if ts_ns > self.last_ts:
+            self.last_ts = ts_ns
+        d = utc_day(ts_ns)
+        if self.day is None or d > self.day:
+            self.day = d
+            self.day_start_equity = self.equity
+            return True
+        return False
+
+    def apply_fill(self, fill: Fill, ts_ns: int) -> ProductPosition:
+        self.roll(ts_ns)
+        p = self._pos(fill.product)
+        p.apply(fill.side, fill.price, fill.size, fill.fee)
+        return p
+
+    def set_mark(self, product: str, mark: Decimal, ts_ns: int = 0) -> bool:
+        """Record the mid of ``product``; True when it changed a tracked position's mark."""
+        self.roll(ts_ns)
+        p = self.positions.get(product)
+        if p is None:
+            p = self._pos(product)
+        if p.mark == mark:
+            return False
+        p.mark = mark
+        return True
+
+    def restore_day(self, day: str, start_equity: Decimal) -> None:
+        self.day, self.day_start_equity = day, Decimal(start_equity)
+
+    # --- outputs ----------------------------------------------------------------------------
+    @property
+    def realized(self) -> Decimal:
+        with localcontext(CTX):
+            return sum((p.realized for p in self.positions.values()), ZERO)
+
+    @property
+    def unrealized(self) -> Decimal:
+        with localcontext(CTX):
+            return sum((p.unrealized for p in self.positions.values()), ZERO)
+
+    @property
+    def fees(self) -> Decimal:
+        with localcontext(CTX):
+            return sum((p.fees for p in self.positions.values()), ZERO)
+
+    @property
+    def equity(self) -> Decimal:
+        with localcontext(CTX):
+            return self.starting_equity + self.realized + self.unrealized
+
+    def pnl(self) -> PnL:
+        with localcontext(CTX):
+            eq = self.equity
+            return PnL(self.realized, self.unrealized, eq - self.day_start_equity, eq, self.fees,
+                       self.day or "")
+
+    def position(self, product: str) -> Position:
+        return self._pos(product).to_proto()
+
+    def traded(self) -> list:
+        """Products with at least one fill, in first-fill order."""
+        return [p for p in self.positions.values() if p.fills]
+
+    def snapshot(self) -> list:
+        return [p.to_proto() for p in self.traded()]
+
+    # --- rebuild ------------------------------------------------------------------------------
+    def on_envelope(self, env) -> None:
+        """Apply one stored event: Fill (ts_event = execution time), Tick/Book (marks, ts_recv)."""
+        m = env.msg
+        t = type(m)
+        if t is Fill:
+            self.apply_fill(m, env.ts_event)
+        elif t is Tick:
+            if m.bid > 0 and m.ask > 0:
+                self.set_mark(m.product, mid(m.bid, m.ask), env.ts_recv)
+        elif t is Book:
+            if m.bids and m.asks:
+                self.set_mark(m.product, mid(m.bids[0][0], m.asks[0][0]), env.ts_recv)
+
+    @classmethod
+    def replay(cls, envelopes, starting_equity: Decimal = ZERO, *, venue: str = None) -> "PositionBook":
+        """Rebuild from stored events (e.g. ``proto.jsonl.read(path)``); ``venue`` filters fills."""
+        book = cls(starting_equity)
+        seen = set()
+        for env in envelopes:
+            m = env.msg
+            if type(m) is Fill:
+                if (venue and m.venue != venue) or m.fill_id in seen:
+                    continue
+                seen.add(m.fill_id)
+            book.on_envelope(env)
+        return book
+
+
+def mid(bid: Decimal, ask: Decimal) -> Decimal:
+    with localcontext(CTX):
+        return (bid + ask) / TWO
