@@ -32,9 +32,9 @@ class L2Book:
 
     # --- mutation -----------------------------------------------------------------------------------
     def snapshot(self, bids, asks, ts_event: int = 0, ts_recv: int = 0):
-        """Replace the whole book. Levels with size 0 are ignored."""
-        self.bids = {p: s for p, s in bids if s > _ZERO}
-        self.asks = {p: s for p, s in asks if s > _ZERO}
+        """Replace the whole book (a repeated price: the last size wins; size 0: no level)."""
+        self.bids = {p: s for p, s in dict(bids).items() if s > _ZERO}
+        self.asks = {p: s for p, s in dict(asks).items() if s > _ZERO}
         self._bid_px = sorted(self.bids)
         self._ask_px = sorted(self.asks)
         self.valid = True

@@ -11,16 +11,14 @@ as the market-data node's synthetic source.
 Faults, injected from tests in-process (methods below; they return once applied) or from outside
 through plain HTTP on the same port (``GET /_fake/<fault>?args``, see ``tools.fakecoinbase``):
 
-==================  ====================================================================
-``skip(n=1)``       the next enveloped frame of each connection jumps ``n`` sequence numbers
-``silence()``       current connections get nothing more (no data, no heartbeats)
-``resume()``        end the silence
-``close(code)``     close current connections with ``code`` (1011 by default)
-``drop()``          drop current connections' TCP (no close frame)
-``garbage()``       send malformed frames (see ``GARBAGE``) to current connections
-``send(text)``      send one frame as given
-``reject(n=1)``     refuse the next ``n`` handshakes with HTTP 503
-==================  ====================================================================
+* ``skip(n=1)``: the next enveloped frame of each connection jumps ``n`` sequence numbers
+* ``silence()`` / ``resume()``: current connections get nothing (no data, no heartbeats) / again
+* ``close(code=1011)``: close current connections with ``code``
+* ``drop()``: drop current connections' TCP (no close frame)
+* ``garbage()``: send malformed frames (see ``GARBAGE``) to current connections
+* ``send(text)``: send one frame as given; ``inject(channel, events)``: one enveloped frame with
+  the connection's next sequence number (exact hand-written channel data)
+* ``reject(n=1)``: refuse the next ``n`` handshakes with HTTP 503
 
 Observation for tests: ``connections`` (each with the messages it received, its handshake headers,
 its close code), ``wait_for(pred, timeout)`` (woken on every change, never a sleep), ``state()``.
@@ -247,6 +245,11 @@ class FakeCoinbaseWS:
     def send(self, text: str, conn: int = None) -> int:
         return self._call(self._send_text, text, conn)
 
+    def inject(self, channel: str, events: list, conn: int = None) -> int:
+        """Send one enveloped frame built by each connection's session (its next sequence
+        number): exact, hand-written channel data for tests."""
+        return self._call(self._inject, channel, events, conn)
+
     def reject(self, n: int = 1) -> int:
         self._reject += n
         return self._reject
@@ -282,6 +285,13 @@ class FakeCoinbaseWS:
         cs = self._targets(conn)
         for c in cs:
             self._enqueue(c, text)
+        return len(cs)
+
+    async def _inject(self, channel, events, conn):
+        cs = self._targets(conn)
+        now = time.time_ns()
+        for c in cs:
+            self._enqueue(c, c.session._frame(channel, events, now))
         return len(cs)
 
     async def _garbage(self, conn):
