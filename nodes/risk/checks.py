@@ -276,6 +276,8 @@ def check_slippage(g, c):
 
 
 def check_notional(g, c):
+    if c.reduces():
+        return None          # an exit is bounded by the position; the cap must not trap it
     n = c.notional()
     if n is not None and n > c.limits.max_order_notional:
         return Code.MAX_NOTIONAL, f"notional {n:.2f} above the maximum {c.limits.max_order_notional}"
@@ -313,8 +315,11 @@ def check_gross(g, c):
     i, ex = c.intent, g.exposure
     size = c.size()
     hi, lo = ex.worst(i.product)
-    after = abs(hi + size) if i.side == BUY else abs(lo - size)
-    gross = after * _mark(g, i.product)
+    if i.side == BUY:
+        hi += size
+    else:
+        lo -= size
+    gross = max(abs(hi), abs(lo)) * _mark(g, i.product)
     for p in ex.products():
         if p != i.product:
             w = ex.worst_abs(p)

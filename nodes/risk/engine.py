@@ -207,7 +207,9 @@ class RiskEngine:
         now_ns = self.wall_ns()
         for p, q in sorted(self.exposure.positions.items()):
             spec = self.mesh.spec(p)
-            if not q or spec is None:
+            if not q or spec is None or p not in self.markets:
+                if q and p not in self.markets:
+                    self.log.error("cannot flatten %s %s: not a product of this mesh", q, p)
                 continue
             size = abs(q).quantize(spec.base_increment, rounding=ROUND_DOWN)
             if size < spec.base_min_size:

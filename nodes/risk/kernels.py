@@ -72,8 +72,10 @@ REFRESH_DROP = 1e-4   # exact recompute when M2 falls below this fraction of its
 
 def new_state(window: int, alpha: float, bar_ns: int, period: int) -> np.ndarray:
     """A fresh state array for one product."""
-    if window < 2 or not (0.0 < alpha < 1.0) or bar_ns < 1 or period < 1:
-        raise ValueError("bad kernel parameters")
+    if window < 2 or not (0.0 < alpha < 1.0) or bar_ns < 1000 or period < 1:
+        # bar ids (ts // bar_ns) live in the float64 state: exact below 2**53, i.e. for any
+        # epoch-nanosecond timestamp as long as bars are at least a microsecond
+        raise ValueError("bad kernel parameters (window >= 2, 0 < alpha < 1, bar_ns >= 1000, period >= 1)")
     st = np.zeros(RING + window, dtype=np.float64)
     st[P_WINDOW] = window
     st[P_ALPHA] = alpha
