@@ -43,6 +43,7 @@ class StoreNode(Node):
         self.directory = store_dir(mesh, conf)
         self.writer = None
         self.skipped_raw = 0
+        self.events_in = 0           # events handed to the writer (stored + dropped, eventually)
         self.on_any(self._on_event)
         self.queries["store"] = self._query
 
@@ -81,6 +82,7 @@ class StoreNode(Node):
         if self._skip_raw and env.topic.startswith("raw."):
             self.skipped_raw += 1
             return
+        self.events_in += 1
         self.writer.put(env)
 
     def on_gap(self, source: str, topic: str, missing: int):
@@ -92,7 +94,8 @@ class StoreNode(Node):
         w = self.writer
         if w is None:
             return {"events_stored": 0}
-        return {"events_stored": w.stored, "events_dropped": w.dropped, "store_queue": len(w.q),
+        return {"events_stored": w.stored, "events_dropped": w.dropped, "events_in": self.events_in,
+                "store_queue": len(w.q),
                 "store_lag_events": w.lag_events, "store_gap_lines": w.gap_lines,
                 "store_files": w.file.files, "store_bytes": w.file.bytes,
                 "store_write_errors": w.write_errors + w.format_errors,
@@ -111,6 +114,7 @@ class StoreNode(Node):
             from proto import Code, Reply
             return Reply(False, Code.BAD_REQUEST, f"store query takes '' or 'flush', not {arg!r}")
         out.update(w.stats())
+        out["events_in"] = self.events_in
         out["prefixes"] = list(self.subscriptions)
         out["writer_alive"] = w.alive
         return out
