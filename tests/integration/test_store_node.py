@@ -37,12 +37,13 @@ def tick(i, product="BTC-USD"):
 
 
 def wait_subscribed(node, pub, enc, timeout=5.0):
-    """Slow joiner: send probe ticks until the store has received one from this publisher."""
-    deadline = time.monotonic() + timeout
-    while not any(src == enc.source for src, _ in list(node._seqs)):
-        assert time.monotonic() < deadline, f"store never received a probe from {enc.source}"
+    """Slow joiner: probe ticks until the store has received one from this publisher."""
+    def seen():
+        if any(src == enc.source for src, _ in list(node._seqs)):
+            return True
         pub.send(enc.encode(topics.tick(PROBE), tick(0, PROBE)))
-        time.sleep(0.002)     # pacing of the probes only; the wait itself is the loop condition
+        return False
+    wait_until(seen, timeout, interval=0.002, what=f"a probe from {enc.source}")
 
 
 def stored_events(directory):
