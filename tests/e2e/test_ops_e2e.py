@@ -1,0 +1,287 @@
+"""End to end under a real supervisord: the repository's supervisord.conf (copied verbatim into a temp
+directory, so %(here)s puts sockets, logs and pid file there), `make up` / `make down`, the fake
+Coinbase exchange, a fake Slack/Teams sink, and the operator tools as subprocesses.
+
+Steps: every program RUNNING and every node's heartbeat seen (`tickmesh ctl status`); a paper order
+through `tickmesh ctl order` seen filled in `tickmesh tap` and in the metrics endpoint; `kill -9` of
+the execution node, restarted by supervisord with its position intact (and the process-exit alert at
+the sink); the kill switch engaged through ctl and its alert at the fake Slack and Teams; `make down`
+leaves no process behind.
+"""
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, free_base_port, free_port
+from tests.integration.ops_sink import Sink
+
+pytestmark = pytest.mark.e2e
+
+PROGRAMS = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts")
+BIN = Path(sys.executable).parent
+
+
+def wait(pred, timeout, what, interval=0.2):
+    """Poll a condition that has no event to wait on (process tables, HTTP endpoints)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not reached within {timeout} s (last: {last!r})")
+
+
+class Mesh:
+    def __init__(self, tmp: Path, ws_url: str, sink: Sink):
+        self.tmp = tmp
+        self.conf = tmp / "supervisord.conf"
+        shutil.copy(ROOT / "supervisord.conf", self.conf)
+        self.metrics_port = free_port()
+        base = free_base_port()
+        (tmp / "mesh.toml").write_text(f"""
+[mesh]
+transport = "tcp"
+base_port = {base}
+state_dir = "{tmp}/state"
+heartbeat_s = 0.5
+request_timeout_ms = 3000
+products = ["BTC-USD", "ETH-USD"]
+
+[marketdata]
+source = "coinbase"
+ws_url = "{ws_url}"
+
+[strategy]
+plugins = ["sma"]
+products = ["ETH-USD"]
+
+[metrics]
+port = {self.metrics_port}
+
+[alerts]
+cooldown_s = 0.0
+node_timeout_s = 3.0
+backoff_base_s = 0.05
+""")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_"))}
+        env.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=sys.executable,
+                   SLACK_WEBHOOK_URL=sink.url + "/slack/services/T0/B0/e2e",
+                   TEAMS_WEBHOOK_URL=sink.url + "/teams/webhookb2/e2e")
+        self.env = env
+
+    def make(self, target):
+        return subprocess.run(["make", "-s", "-C", str(ROOT), "-o", ".venv/.installed", target,
+                               f"SUPERVISOR_CONF={self.conf}"], env=self.env, capture_output=True, text=True,
+                              timeout=60)
+
+    def supervisorctl(self, *args):
+        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], env=self.env,
+                              capture_output=True, text=True, timeout=20)
+
+    def status(self) -> dict:
+        out = self.supervisorctl("status").stdout
+        rows = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                m = re.search(r"pid (\d+)", line)
+                rows[parts[0].split(":")[-1]] = (parts[1], int(m.group(1)) if m else None)
+        return rows
+
+    def ctl(self, *args, timeout=20):
+        return subprocess.run([sys.executable, "-m", "tools.ctl", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def scrape(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def our_processes(self) -> list:
+        """Live processes started for this test (their environment names our mesh.toml)."""
+        marker = f"TICKMESH_CONF={self.tmp}/mesh.toml".encode()
+        found = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if marker not in f.read().split(b"\0"):
+                        continue
+                with open(f"/proc/{d}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        continue                 # a zombie is not running
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                if "tools.ctl" in cmd or "tools.tap" in cmd or "make" in cmd.split(" ")[0]:
+                    continue                     # our own tool invocations are not the mesh
+                found.append((int(d), cmd.strip()))
+            except OSError:
+                continue
+        return found
+
+
+class Tap:
+    """`tickmesh tap --json` as a subprocess, its lines on a queue."""
+
+    def __init__(self, mesh: Mesh, *topics):
+        args = [sys.executable, "-m", "tools.tap", "--json"] + [a for t in topics for a in ("--topic", t)]
+        self.p = subprocess.Popen(args, env=mesh.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        self.q = queue.Queue()
+        self.seen = []
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.q.put(json.loads(line))
+
+    def wait_for(self, pred, timeout):
+        """The first event so far (or to come) matching ``pred``."""
+        for ev in self.seen:
+            if pred(ev):
+                return ev
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("tap: no matching event")
+            try:
+                ev = self.q.get(timeout=left)
+            except queue.Empty:
+                raise AssertionError("tap: no matching event") from None
+            self.seen.append(ev)
+            if pred(ev):
+                return ev
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.wait(5)
+
+
+def test_mesh_under_supervisord(record_property):
+    if shutil.which("make") is None or not (BIN / "supervisord").exists():
+        pytest.skip("make and supervisord (in the venv) are needed")
+    from tools.fakecoinbase import FakeCoinbaseWS
+    t_start = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="tm-e2e-", dir="/tmp"))
+    fake = FakeCoinbaseWS("127.0.0.1", 0, rate_hz=20.0).start()
+    sink = Sink().start()
+    mesh = Mesh(tmp, fake.url, sink)
+    tap = None
+    timings = {}
+    try:
+        r = mesh.make("up")
+        assert r.returncode == 0, r.stdout + r.stderr
+        # 1. every program RUNNING, every node's heartbeat seen
+        wait(lambda: all(mesh.status().get(p, ("",))[0] == "RUNNING" for p in PROGRAMS + ("supervisor",)),
+             30, "all programs RUNNING")
+        seen = []
+
+        def all_up():
+            seen[:] = [mesh.ctl("status")]
+            return seen[0].returncode == 0 and seen[0]
+        try:
+            st = wait(all_up, 20, "ctl status: all up")
+        except AssertionError:
+            raise AssertionError(f"ctl status: {seen[0].stdout}{seen[0].stderr}") from None
+        for n in PROGRAMS + ("supervisor",):
+            assert re.search(rf"^{n}\s+up\s+RUNNING", st.stdout, re.M), st.stdout
+        timings["up"] = time.monotonic() - t_start
+
+        # 2. a paper order through ctl, seen filled in the tap and in metrics
+        tap = Tap(mesh, "order.", "fill.", "node.heartbeat.execution")
+        tap.wait_for(lambda e: e["topic"] == "node.heartbeat.execution", 10)     # the tap is subscribed
+        wait(lambda: (json.loads(mesh.ctl("--json", "query", "risk", "risk").stdout or "{}")
+                      .get("data", {}).get("feeds", {}).get("BTC-USD", {}).get("healthy")),
+             20, "risk sees a healthy BTC-USD feed from the fake exchange")
+        r = mesh.ctl("order", "buy", "BTC-USD", "0.01", "--id", "e2e-order-1")
+        assert r.returncode == 0 and "e2e-order-1 FILLED" in r.stdout, r.stdout + r.stderr
+        filled = tap.wait_for(lambda e: e["topic"] == "order.filled" and e["body"]["client_order_id"] == "e2e-order-1", 5)
+        assert filled["body"]["filled_size"] == "0.01"
+        fill = tap.wait_for(lambda e: e["topic"] == "fill.BTC-USD" and e["body"]["client_order_id"] == "e2e-order-1", 5)
+        assert fill["body"]["size"] == "0.01"
+        wait(lambda: mesh.scrape().get(("tickmesh_orders_total",
+                                        frozenset({"status": "FILLED", "product": "BTC-USD"}.items())), 0) >= 1,
+             10, "metrics: a filled BTC-USD order")
+        wait(lambda: mesh.scrape().get(("tickmesh_position_base", frozenset({"product": "BTC-USD"}.items()))) == 0.01,
+             10, "metrics: BTC-USD position 0.01")
+        before = {p["product"]: p for p in json.loads(mesh.ctl("--json", "positions").stdout)["data"]}
+        assert before["BTC-USD"]["qty"] == "0.01"
+        timings["order"] = time.monotonic() - t_start
+
+        # 3. kill -9 execution: supervisord restarts it, positions intact, the exit is alerted
+        old_pid = mesh.status()["execution"][1]
+        os.kill(old_pid, signal.SIGKILL)
+        wait(lambda: (lambda s: s[0] == "RUNNING" and s[1] not in (None, old_pid))(mesh.status()["execution"]),
+             20, "execution restarted by supervisord")
+        after = wait(lambda: (lambda r: r.returncode == 0 and json.loads(r.stdout))(mesh.ctl("--json", "positions")),
+                     10, "restarted execution answering")
+        after = {p["product"]: p for p in after["data"]}
+        assert after["BTC-USD"]["qty"] == before["BTC-USD"]["qty"]
+        assert after["BTC-USD"]["avg_cost"] == before["BTC-USD"]["avg_cost"]
+        sink.wait_for(lambda reqs: any("Process execution exited unexpectedly" in (r.json or {}).get("text", "")
+                                       for r in reqs), 10, "process-exit alert at the Slack sink")
+        timings["restart"] = time.monotonic() - t_start
+
+        # 4. the kill switch engaged through ctl: its alert at the fake Slack and Teams
+        #    (risk may already have engaged it automatically when execution died: release first)
+        r = mesh.ctl("killswitch", "release", "--reason", "e2e: execution is back")
+        assert r.returncode in (0, 1), r.stderr
+        r = mesh.ctl("killswitch", "engage", "--reason", "e2e manual engage")
+        assert r.returncode == 0 and "engaged" in r.stdout, r.stdout + r.stderr
+        reqs = sink.wait_for(lambda reqs: any("e2e manual engage" in json.dumps(r.json) for r in reqs
+                                              if r.path.startswith("/teams/"))
+                             and any("e2e manual engage" in json.dumps(r.json) for r in reqs
+                                     if r.path.startswith("/slack/")), 10, "kill-switch alert at Slack and Teams")
+        slack = [r.json for r in reqs if r.path.startswith("/slack/") and "e2e manual engage" in json.dumps(r.json)][-1]
+        teams = [r.json for r in reqs if r.path.startswith("/teams/") and "e2e manual engage" in json.dumps(r.json)][-1]
+        assert slack["text"].startswith("[tickmesh] CRITICAL: Kill switch ENGAGED") and slack["blocks"]
+        assert teams["@type"] == "MessageCard" and teams["title"] == "tickmesh CRITICAL: Kill switch ENGAGED"
+        wait(lambda: mesh.scrape().get(("tickmesh_killswitch_engaged", frozenset())) == 1.0, 10,
+             "metrics: kill switch engaged")
+        timings["killswitch"] = time.monotonic() - t_start
+        assert tap.stop() == 0
+        tap = None
+    finally:
+        if tap is not None:
+            tap.stop()
+        down = mesh.make("down")
+        left = mesh.our_processes()
+        if left:                                 # clean up what we started, then fail below
+            for pid, _ in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        sink.close()
+        fake.stop()
+    # 5. `make down` leaves no process behind
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert left == [], left
+    assert not (tmp / "var" / "supervisord.pid").exists()
+    timings["down"] = time.monotonic() - t_start
+    record_property("timings", timings)
+    print("e2e timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
+    shutil.rmtree(tmp, ignore_errors=True)
