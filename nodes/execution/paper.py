@@ -172,7 +172,7 @@ class PaperVenue:
             return [Rejected(coid, Code.DUPLICATE, "paper venue: client_order_id already resting", ts)]
         levels = self._levels(o.product, o.side)
         if o.order_type == "MARKET":
-            if not levels:
+            if levels is None:
                 return [Rejected(coid, Code.NO_MARKET_DATA,
                                  f"paper venue: no book or tick for {o.product}", ts)]
             vid = self._venue_id()

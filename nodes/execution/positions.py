@@ -20,7 +20,7 @@ CTX = Context(prec=34, rounding=ROUND_HALF_EVEN)    # explicit: never the (mutab
 
 
 def utc_day(ts_ns: int) -> str:
-    return _dt.datetime.fromtimestamp(ts_ns / 1e9, _dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, _dt.timezone.utc).strftime("%Y-%m-%d")
 
 
 class ProductPosition:
