@@ -105,11 +105,11 @@ def test_cumulative_snapshots_become_fills_exactly_once():
     o.apply_fill(D("100.01"), D("0.4"), D("0.16"))
     o.status = "PARTIALLY_FILLED"
     assert update_events(o, ws("OPEN", "0.4", "40.004", "0.16", "1")) == []     # same snapshot again
-    ev = update_events(o, ws("FILLED", "1", "99.9928", "0.40", "3"))           # two more fills at once
+    ev = update_events(o, ws("FILLED", "1", "100.0028", "0.40", "3"))           # two more fills at once
     assert ev == [Filled("c1", "v1-3", D("99.998"), D("0.6"), D("0.24"), "MAKER", 7, True)]
     o.apply_fill(D("99.998"), D("0.6"), D("0.24"))
     o.status = "FILLED"
-    assert update_events(o, ws("FILLED", "1", "99.9928", "0.40", "3")) == []
+    assert update_events(o, ws("FILLED", "1", "100.0028", "0.40", "3")) == []
 
 
 def test_terminal_statuses():
