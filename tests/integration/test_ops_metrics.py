@@ -15,7 +15,7 @@ from nodes.metrics import MetricsNode
 from nodes.metrics.config import MetricsConfig
 from nodes.runtime import Node
 from proto import topics
-from tests.conftest import free_port, make_mesh, wait_until
+from tests.conftest import ROOT, free_port, make_mesh, wait_until
 
 D = Decimal
 
@@ -136,10 +136,12 @@ def test_real_prometheus_scrapes_and_answers_a_query(short_tmp, ctx):
     m = MetricsNode(mesh, MetricsConfig(port=0), context=ctx).start()
     risk = Source(mesh, "risk", context=ctx).start()
     web = free_port()
+    # the shipped conf/prometheus.yml, pointed at this endpoint and scraping every second
+    shipped = (ROOT / "conf" / "prometheus.yml").read_text()
+    assert "127.0.0.1:9464" in shipped and "scrape_interval: 5s" in shipped
     cfg = short_tmp / "prometheus.yml"
-    cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                   "scrape_configs:\n  - job_name: tickmesh\n    static_configs:\n"
-                   f"      - targets: ['127.0.0.1:{m.port}']\n")
+    cfg.write_text(shipped.replace("127.0.0.1:9464", f"127.0.0.1:{m.port}")
+                   .replace("scrape_interval: 5s", "scrape_interval: 1s").replace("scrape_timeout: 4s", "scrape_timeout: 1s"))
     proc = subprocess.Popen([exe, f"--config.file={cfg}", f"--storage.tsdb.path={short_tmp / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{web}", "--log.level=warn"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -159,7 +161,8 @@ def test_real_prometheus_scrapes_and_answers_a_query(short_tmp, ctx):
             return r["status"] == "success" and res and res[0]["value"][1] == "1"
         wait_until(engaged_in_prometheus, 30, interval=0.25, what="Prometheus to scrape tickmesh_killswitch_engaged=1")
         r = _get_json(f"http://127.0.0.1:{web}/api/v1/query?query=tickmesh_killswitch_engaged")
-        assert r["data"]["result"][0]["metric"]["job"] == "tickmesh"
+        labels = r["data"]["result"][0]["metric"]
+        assert labels["job"] == "tickmesh" and labels["instance"] == "tickmesh-local"
         up = _get_json(f"http://127.0.0.1:{web}/api/v1/query?query=up")
         assert up["data"]["result"][0]["value"][1] == "1"
     finally:

@@ -164,3 +164,29 @@ def test_config_validation():
         MetricsConfig(port=70000)
     with pytest.raises(ConfigError, match="metrics.roundtrip_buckets"):
         MetricsConfig(roundtrip_buckets=[0.5, 0.1])
+
+
+def _exposed_names(m) -> set:
+    names = set()
+    for fam in m.registry.collect():
+        if fam.type == "counter":
+            names.add(fam.name + "_total")
+        elif fam.type == "histogram":
+            names.update(fam.name + s for s in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(fam.name)
+    return names
+
+
+def test_dashboard_and_prometheus_conf_use_only_exposed_metrics(m):
+    import json
+    import re
+    from tests.conftest import ROOT
+    exposed = _exposed_names(m)
+    dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) > 20
+    used = {n for e in exprs for n in re.findall(r"tickmesh_[a-z_]+", e)}
+    used |= set(re.findall(r"tickmesh_[a-z_]+", (ROOT / "conf" / "prometheus.yml").read_text()))
+    assert used and used <= exposed, sorted(used - exposed)
+    assert {p["gridPos"]["y"] for p in dash["panels"]}            # laid out
