@@ -48,9 +48,7 @@ class L2Book:
             return False
         _apply(self.bids, self._bid_px, bids)
         _apply(self.asks, self._ask_px, asks)
-        if ts_event > self.ts_event:
-            self.ts_event = ts_event
-        self.ts_recv = ts_recv
+        self.ts_event, self.ts_recv = ts_event, ts_recv     # the time of the last change
         self.updates += 1
         self.dirty = True
         return True

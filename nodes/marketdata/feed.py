@@ -102,6 +102,7 @@ class WsFeed:
         self.state = "idle"
         self.last_reason = ""
         self.last_delay = 0.0
+        self.frames = 0                 # frames received, every connection
         self._loop = None
         self._main = None
         self._thread = None
@@ -146,7 +147,7 @@ class WsFeed:
 
     def info(self) -> dict:
         return {"source": self.kind, "url": self.conf.ws_url, "conn": self.conn, "state": self.state,
-                "sessions": self.sessions, "backoff_attempt": self.backoff.attempt,
+                "sessions": self.sessions, "frames": self.frames, "backoff_attempt": self.backoff.attempt,
                 "last_reason": self.last_reason, "last_delay_s": round(self.last_delay, 3)}
 
     # --- the loop thread ------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class RawFeed(WsFeed):
                     return f"stale: no frame for {stale:g} s"
                 except ConnectionClosed as e:
                     return _closed_reason(e)
+                self.frames += 1
                 now = time.time_ns()
                 if raw:
                     text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")

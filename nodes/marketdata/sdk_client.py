@@ -97,6 +97,7 @@ class SdkFeed(WsFeed):
     def _on_message(self, msg):
         try:
             self._last_frame = time.monotonic()
+            self.frames += 1
             norm = self._norm
             if norm is None:
                 return
