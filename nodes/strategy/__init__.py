@@ -177,7 +177,7 @@ class StrategyNode(Node):
         self.c["ticks"] += 1
         self._tick_clock(env)
         for p in self.plugins:
-            self._run(p, p.on_tick, env)
+            self._call_plugin(p, p.on_tick, env)
 
     def _on_trade(self, env):
         if env.msg.product not in self.products:
@@ -185,7 +185,7 @@ class StrategyNode(Node):
         self.c["trades"] += 1
         self._tick_clock(env)
         for p in self.plugins:
-            self._run(p, p.on_trade, env)
+            self._call_plugin(p, p.on_trade, env)
 
     # --- own orders ------------------------------------------------------------------------------------
     def _on_fill(self, env):
@@ -204,7 +204,7 @@ class StrategyNode(Node):
             self._done(f.client_order_id, plugin_name, product)
         p = self._plugin(plugin_name)
         if p is not None:
-            self._run(p, p.on_fill, env)
+            self._call_plugin(p, p.on_fill, env)
 
     def _on_order(self, env):
         o = env.msg
@@ -219,7 +219,7 @@ class StrategyNode(Node):
                 self._final[o.client_order_id] = o.filled_size
         p = self._plugin(owner[0])
         if p is not None:
-            self._run(p, p.on_order, env)
+            self._call_plugin(p, p.on_order, env)
 
     def _done(self, coid, plugin_name, product):
         self._filled.pop(coid, None)
@@ -232,7 +232,7 @@ class StrategyNode(Node):
             self.log.warning("risk state %s -> %s (%s)", self.gate.risk_state, st.state, st.reason)
         self.gate.set_risk_state(st.state)
         for p in self.plugins:
-            self._run(p, p.on_risk_state, env)
+            self._call_plugin(p, p.on_risk_state, env)
 
     def _on_killswitch(self, env):
         ks = env.msg
@@ -241,7 +241,7 @@ class StrategyNode(Node):
                              ks.source, ks.reason, "no orders until released" if ks.engaged else "resuming")
         self.gate.set_killswitch(ks.engaged)
         for p in self.plugins:
-            self._run(p, p.on_killswitch, env)
+            self._call_plugin(p, p.on_killswitch, env)
 
     # --- plugins and submission --------------------------------------------------------------------------
     def _plugin(self, name):
@@ -250,7 +250,7 @@ class StrategyNode(Node):
                 return p
         return None
 
-    def _run(self, plugin, handler, env):
+    def _call_plugin(self, plugin, handler, env):
         try:
             intents = handler(env.msg, env)
         except Exception:  # noqa: BLE001 - one plugin's bug must not stop the others
