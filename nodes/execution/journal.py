@@ -114,6 +114,15 @@ class Journal:
         self.append({"k": "day", "ts": ts, "day": day, "start_equity": str(start_equity)})
 
 
+def read_records(path) -> list:
+    """Read-only view of a journal (no lock; a torn last line is ignored): tools and tests."""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    lines.pop()
+    return [json.loads(x) for x in lines if x.strip()]
+
+
 class Rebuilt(NamedTuple):
     orders: dict        # coid -> OrderState (last state; insertion order = creation order)
     fills: list         # [(Fill, ts)] in journal order

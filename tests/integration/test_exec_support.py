@@ -6,6 +6,7 @@ real ROUTER socket: ``OrderIntent`` -> ``Reply(ok, code, reason, data=RiskDecisi
 decides the answer: "approve", "deny" (with ``deny_code``), "silent" (never answers: a timeout),
 "error" (``HANDLER_ERROR``, as the runtime answers when a handler raises).
 """
+import os
 import threading
 import time
 from decimal import Decimal
@@ -16,6 +17,12 @@ import proto
 from proto import Book, Code, KillSwitch, OrderIntent, Reply, RiskDecision, Tick, Trade, topics
 
 D = Decimal
+
+
+def _bind(sock, mesh, node, kind):
+    if mesh.transport == "ipc":
+        os.makedirs(mesh.ipc_path(), mode=0o700, exist_ok=True)
+    sock.bind(mesh.endpoint(node, kind, bind=True))
 
 
 class RiskResponder:
@@ -32,7 +39,7 @@ class RiskResponder:
     def _run(self):
         s = self.ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
-        s.bind(self.mesh.endpoint("risk", "rep", bind=True))
+        _bind(s, self.mesh, "risk", "rep")
         enc = proto.Encoder("risk")
         self._ready.set()
         try:
@@ -69,7 +76,7 @@ class Publisher:
     def __init__(self, ctx, mesh, node):
         self.sock = ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(mesh.endpoint(node, "pub", bind=True))
+        _bind(self.sock, mesh, node, "pub")
         self.enc = proto.Encoder(node)
 
     def send(self, topic, msg, ts=0):

@@ -1,0 +1,184 @@
+"""Crash safety: ``python -m nodes.execution`` killed with SIGKILL in the middle of a stream of
+orders loses no order, duplicates none, and comes back with its open orders and positions; orders
+caught between journal and venue are resolved, never re-sent blindly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal as D
+
+import zmq
+
+import proto
+from nodes.client import RequestClient, RequestTimeout
+from nodes.config import ROOT
+from nodes.execution import ExecutionConfig, ExecutionNode
+from nodes.execution.journal import Journal, read_records, rebuild
+from nodes.execution.orders import OrderState
+from nodes.execution.positions import PositionBook
+from proto import Code, OrderIntent, Query
+from tests.conftest import make_mesh, wait_until
+from tests.integration.test_exec_support import Publisher, RiskResponder, book, topics, trade
+
+BTC = "BTC-USD"
+
+
+def start_process(conf_path, log_path):
+    env = dict(os.environ, TICKMESH_CONF=str(conf_path), PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "nodes.execution"], env=env, cwd=str(ROOT),
+                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(client, proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"execution exited with {proc.returncode}"
+        try:
+            return client.call(Query("status"), timeout_ms=200)
+        except RequestTimeout:                  # not up yet: ask again until the deadline
+            if time.monotonic() > deadline:
+                raise
+
+
+def journal_facts(path):
+    recs = read_records(path)          # the node may be running: read without taking its lock
+    rb = rebuild(recs)
+    fill_ids = [r["f"]["fill_id"] for r in recs if r["k"] == "fill"]
+    return rb, fill_ids, recs
+
+
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(short_tmp, ctx):
+    mesh = make_mesh("tcp", short_tmp)
+    conf = short_tmp / "mesh.toml"
+    conf.write_text(f'[mesh]\ntransport = "tcp"\nbase_port = {mesh.base_port}\nstate_dir = "{mesh.state_dir}"\n'
+                    f'ipc_dir = "{mesh.ipc_dir}"\nheartbeat_s = 0.2\n'
+                    '[execution]\npnl_interval_s = 0.2\n')
+    log = short_tmp / "execution.log"
+    risk = RiskResponder(ctx, mesh)
+    md = Publisher(ctx, mesh, "marketdata")
+    client = RequestClient.for_node(mesh, "execution", timeout_ms=3000, source="test", context=ctx)
+    proc = start_process(conf, log)
+    try:
+        wait_ready(client, proc)
+        md.until(topics.book(BTC), book(asks=(("65010", "1000"),)),
+                 lambda: client.call(Query("status"))["counters"]["received"] > 0, what="execution process")
+        # a known state: four resting buys, three market buys, one resting order partly filled
+        for i in range(4):
+            r = client.request(OrderIntent(BTC, "BUY", "LIMIT", size=D("1"), limit_price=D(64000 - i),
+                                           client_order_id=f"L{i}"))
+            assert r.data.status == "ACCEPTED", r
+        for i in range(3):
+            assert client.request(OrderIntent(BTC, "BUY", "MARKET", size=D("0.1"),
+                                              client_order_id=f"M{i}")).data.status == "FILLED"
+        md.send(topics.trade(BTC), trade(price="63990", size="0.3"))
+        wait_until(lambda: client.call(Query("order", "L0")).filled_size == D("0.3"), 5)
+        before = {o.client_order_id: o for o in client.call(Query("orders", "all"))}
+        pos_before = client.call(Query("positions"))[0]
+
+        # the stream: 300 pipelined submits on a raw DEALER; SIGKILL once some have been answered
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(mesh.endpoint("execution", "rep"))
+        enc = proto.Encoder("burst")
+        burst = [f"B{i:03d}" for i in range(300)]
+        for coid in burst:
+            side = "BUY" if int(coid[1:]) % 2 else "SELL"
+            dealer.send(enc.encode("req", OrderIntent(BTC, side, "MARKET", size=D("0.001"), client_order_id=coid)))
+        answered = {}
+        while len(answered) < 20:
+            assert dealer.poll(5000), "no replies from the burst"
+            r = proto.decode(dealer.recv()).msg
+            answered[r.data.client_order_id] = r.data
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        dealer.close(linger=0)
+        client.close()
+
+        jpath = mesh.state_path("execution", "paper.journal")
+        rb_dead, fill_ids_dead, _ = journal_facts(jpath)
+        assert len(fill_ids_dead) == len(set(fill_ids_dead))
+        in_journal = [c for c in burst if c in rb_dead.orders]
+        assert 20 <= len(in_journal) < 300, len(in_journal)        # killed mid-stream
+        assert set(answered) <= set(in_journal)
+
+        proc = start_process(conf, log)
+        wait_ready(client, proc)
+        after = {o.client_order_id: o for o in client.call(Query("orders", "all"))}
+        # every order known before the kill is back, unchanged (paper: nothing happens while down)
+        for coid, o in before.items():
+            assert after[coid].status == o.status and after[coid].filled_size == o.filled_size, coid
+        for coid, o in answered.items():                            # every answered order is intact
+            assert after[coid].status == o.status == "FILLED" and after[coid].filled_size == D("0.001")
+        # nothing is left half-way: orders caught between journal and venue are rejected, not re-sent
+        assert not [o for o in after.values() if o.status == "NEW"]
+        for coid in in_journal:
+            o = after[coid]
+            assert o.status in ("FILLED", "REJECTED"), (coid, o.status)
+            if o.status == "REJECTED":
+                assert o.code in (Code.RISK_UNAVAILABLE, Code.VENUE_UNAVAILABLE) and "restarted" in o.reason
+        # positions = exactly the journaled fills, each once
+        rb, fill_ids, _ = journal_facts(jpath)
+        assert len(fill_ids) == len(set(fill_ids)) and fill_ids[:len(fill_ids_dead)] == fill_ids_dead
+        expect = PositionBook(D("100000"))
+        for f, ts in rb.fills:
+            expect.apply_fill(f, ts)
+        pos = client.call(Query("positions"))[0]
+        assert pos.qty == expect.position(BTC).qty and pos.realized_pnl == expect.position(BTC).realized_pnl
+        filled_burst = sum((D("0.001") if int(c[1:]) % 2 else D("-0.001")) for c in in_journal
+                           if after[c].status == "FILLED")
+        assert pos.qty == pos_before.qty + filled_burst
+        for o in after.values():                                     # per order: fills add up
+            assert o.filled_size == sum((f.size for f, _ in rb.fills if f.client_order_id == o.client_order_id), D(0))
+        # resubmitting the whole stream: known ids answer DUPLICATE, the rest are placed once
+        risk_before = len(risk.intents)
+        for coid in burst:
+            side = "BUY" if int(coid[1:]) % 2 else "SELL"
+            r = client.request(OrderIntent(BTC, side, "MARKET", size=D("0.001"), client_order_id=coid))
+            assert (r.code == Code.DUPLICATE) == (coid in in_journal), coid
+        assert len(risk.intents) - risk_before == 300 - len(in_journal)
+        # the resting orders survived the kill and still trade, with fresh fill ids
+        md.until(topics.book(BTC), book(), lambda: client.call(Query("status"))["counters"]["received"] > 0)
+        md.send(topics.trade(BTC), trade(price="63000", size="10", trade_id="t2"))
+        wait_until(lambda: all(client.call(Query("order", f"L{i}")).status == "FILLED" for i in range(4)), 5)
+        proc.send_signal(signal.SIGTERM)                            # and a clean stop is quick
+        t0 = time.monotonic()
+        assert proc.wait(5) == 0 and time.monotonic() - t0 < 1.5
+        rb, fill_ids, _ = journal_facts(jpath)
+        assert len(fill_ids) == len(set(fill_ids))
+        assert rb.orders["L0"].filled_size == D("1") and rb.orders["L0"].fills == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        client.close()
+        risk.close()
+        md.close()
+    out = log.read_text()
+    assert "journal" in out and "Traceback" not in out, out[-3000:]
+
+
+def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp, ctx):
+    """NEW orders in the journal: never risk-approved -> RISK_UNAVAILABLE; sent to the paper venue
+    but not acknowledged -> VENUE_UNAVAILABLE. Neither is sent again."""
+    mesh = make_mesh("inproc", short_tmp)
+    path = mesh.state_path("execution", "paper.journal")
+    j = Journal(path)
+    j.open()
+    for coid, sent in (("unsent", False), ("sent", True)):
+        o = OrderState.from_intent(OrderIntent(BTC, "BUY", "MARKET", size=D("1"), client_order_id=coid), "paper", 1)
+        o.sent = sent
+        j.order(o, 1)
+    j.close()
+    node = ExecutionNode(mesh, ExecutionConfig(), context=ctx).start()
+    try:
+        with RequestClient.for_node(mesh, "execution", context=ctx, timeout_ms=2000) as c:
+            a, b = c.call(Query("order", "unsent")), c.call(Query("order", "sent"))
+            assert (a.status, a.code) == ("REJECTED", Code.RISK_UNAVAILABLE) and "before risk answered" in a.reason
+            assert (b.status, b.code) == ("REJECTED", Code.VENUE_UNAVAILABLE) and "acknowledged" in b.reason
+            assert node.venue.submitted == 0
+    finally:
+        node.stop()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["o"]["status"] for r in lines if r["k"] == "order"][-2:] == ["REJECTED", "REJECTED"]
