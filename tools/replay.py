@@ -318,8 +318,8 @@ def main(argv=None) -> int:
     gaps = [m for m in meta if m.get("type") == "_gap"]
     lags = [m for m in meta if m.get("type") == "_lag" and m.get("dropped")]
     if gaps or lags:
-        print(f"replay: note: the recording is incomplete: {len(gaps)} bus gaps "
-              f"({sum(g.get('missing', 0) for g in gaps)} events), {sum(m['dropped'] for m in lags)} "
+        print(f"replay: note: the recording is incomplete: {len(gaps)} bus gap line(s) "
+              f"({sum(g.get('missing', 0) for g in gaps)} events missing), {sum(m['dropped'] for m in lags)} "
               f"events dropped by the store", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
