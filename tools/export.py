@@ -1,4 +1,5 @@
 """``python -m tools.export FILE [FILE ...] --csv OUT [--fields F ...] [--topics PREFIX ...]``
+``python -m tools.export FILE [FILE ...] --digest``
 
 Flattens store events (``proto.jsonl``) into one CSV row per event, for spreadsheets and pandas.
 
@@ -11,6 +12,10 @@ values are flattened with dotted paths: a Book's ``bids`` become ``bids.0.0`` (b
 event has, in order of first appearance; with ``--fields`` exactly those (missing: empty).
 Bookkeeping lines (``_open``, ``_gap``, ``_lag``, ``_close``) are skipped; ``--meta`` lists them
 on stderr. ``--csv -`` writes to stdout.
+
+``--digest`` prints instead a sha256 over the order, fill, position and PnL events with wall-clock
+fields, random venue ids and the run's UTC day removed and client order ids numbered by first
+appearance (see ``digest``): two replays of one file with one seed must print the same digest.
 """
 import argparse
 import csv
@@ -85,14 +90,58 @@ def export(files, out, fields=None, prefixes=(), meta_out=None) -> int:
     return n
 
 
+# --- digest: what must be identical between two replays of the same file with the same seed ------
+DIGEST_TOPICS = ("order.", "fill.", "position.", "pnl")
+# wall-clock times, ids a venue draws at random, and the UTC day of the run are not the replay's to fix
+VOLATILE = frozenset({"created_ns", "updated_ns", "origin_ns", "since_ns", "compute_ns", "venue_order_id",
+                      "fill_id", "day"})
+
+
+def digest(files, prefixes=DIGEST_TOPICS) -> tuple:
+    """``(sha256 hex, number of events)`` of the events on ``prefixes``, normalised: per topic in
+    file order; envelope kept: topic, type, source; body kept without ``VOLATILE`` fields; client
+    order ids replaced by their order of first appearance (``#1``, ``#2``, ...)."""
+    import hashlib
+    import json
+    files = [files] if isinstance(files, str) else list(files)
+    coids, per_topic, n = {}, {}, 0
+    for env in _events(files, prefixes):
+        body = proto.to_plain(env.msg)
+        for k in VOLATILE:
+            body.pop(k, None)
+        if "client_order_id" in body:
+            body["client_order_id"] = coids.setdefault(body["client_order_id"], f"#{len(coids) + 1}")
+        per_topic.setdefault(env.topic, []).append(
+            json.dumps([env.topic, env.msg.TAG, env.source, body], sort_keys=True, separators=(",", ":")))
+        n += 1
+    h = hashlib.sha256()
+    for topic in sorted(per_topic):
+        for line in per_topic[topic]:
+            h.update(line.encode())
+            h.update(b"\n")
+    return h.hexdigest(), n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__.strip().splitlines()[0])
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--csv", required=True, metavar="OUT", help="output CSV file ('-' for stdout)")
+    p.add_argument("--csv", metavar="OUT", help="output CSV file ('-' for stdout)")
+    p.add_argument("--digest", action="store_true",
+                   help="print the sha256 of the normalised order/fill/position/pnl events instead")
     p.add_argument("--fields", nargs="+", default=None, metavar="F", help="columns to write")
     p.add_argument("--topics", nargs="+", default=[], metavar="PREFIX", help="only these topic prefixes")
     p.add_argument("--meta", action="store_true", help="list bookkeeping lines (_gap, _lag, ...) on stderr")
     a = p.parse_args(argv)
+    if a.digest:
+        try:
+            h, n = digest(a.files, tuple(a.topics) or DIGEST_TOPICS)
+        except (OSError, proto.DecodeError) as e:
+            print(f"export: {e}", file=sys.stderr)
+            return 1
+        print(f"{h}  {n} events")
+        return 0
+    if not a.csv:
+        p.error("--csv OUT (or --digest) is required")
     meta = [] if a.meta else None
     try:
         if a.csv == "-":

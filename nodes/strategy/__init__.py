@@ -6,6 +6,9 @@ HALTED/REDUCING, a working order, backoff after rejections, cooldown), sizes it 
 increment, tags it (``strategy`` = plugin name, ``client_order_id``, ``origin_ns`` = ``ts_recv`` of the
 market event that triggered it) and submits it with a ``RequestClient`` to execution. Rejections are
 counted by code and back off; while the kill switch is engaged or risk says HALTED nothing is sent.
+
+``market_events_done`` (heartbeat counter) counts ticks and trades of traded products whose handling,
+order submissions included, is complete: a lockstep replay can wait on it before the next event.
 """
 import importlib
 import os
@@ -118,7 +121,7 @@ class StrategyNode(Node):
         self.clock_ns = 0            # market time: the latest ts_event of a market event
         self.client = None
         self.c = {k: 0 for k in (
-            "ticks", "trades", "intents", "submitted", "accepted", "rejected", "risk_rejects",
+            "ticks", "trades", "market_events_done", "intents", "submitted", "accepted", "rejected", "risk_rejects",
             "submit_timeouts", "submit_errors", "fills", "orders_final", "invalid_intents",
             "plugin_errors", "suppressed_killswitch", "suppressed_halted", "suppressed_reducing",
             "suppressed_pending", "suppressed_backoff", "suppressed_cooldown")}
@@ -178,6 +181,7 @@ class StrategyNode(Node):
         self._tick_clock(env)
         for p in self.plugins:
             self._call_plugin(p, p.on_tick, env)
+        self.c["market_events_done"] += 1
 
     def _on_trade(self, env):
         if env.msg.product not in self.products:
@@ -186,6 +190,7 @@ class StrategyNode(Node):
         self._tick_clock(env)
         for p in self.plugins:
             self._call_plugin(p, p.on_trade, env)
+        self.c["market_events_done"] += 1
 
     # --- own orders ------------------------------------------------------------------------------------
     def _on_fill(self, env):
