@@ -329,9 +329,13 @@ class MarketDataNode(Node):
         self.log.info("replay finished: %d records, %d replayed, %d skipped%s", ev.records, ev.used, ev.skipped,
                       f", error: {ev.error}" if ev.error else "")
         self.connected = False
+        reason = "replay finished" + (f" ({ev.error})" if ev.error else "")
         for p in self.products:
-            self.health[p].synced = False
-            self._set(p, DISCONNECTED, "replay finished" + (f" ({ev.error})" if ev.error else ""))
+            self.books[p].invalidate()
+            h = self.health[p]
+            h.synced = False
+            h.state, h.reason = DISCONNECTED, reason
+            self._publish_status(p)         # the final word, after replay_done is set
 
     # --- resnapshots (rate-limited) ------------------------------------------------------------------------------
     def _resnapshot(self, products, reason):

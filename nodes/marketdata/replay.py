@@ -148,7 +148,5 @@ class ReplaySource:
         if stop.is_set():
             return
         self.done = True
-        if conn:
-            batch.append(Disconnected(conn, "replay finished"))
         batch.append(ReplayDone(self.records, self.used, self.skipped, self.error))
         self.emit(batch, wait=True)

@@ -441,8 +441,8 @@ class SyntheticSource:
         return {"source": "synthetic", "seed": self.conf.seed, "steps": self.market.steps, "frames": self.frames}
 
     def _run(self):
-        from .feed import Connected, Disconnected
         import json
+        from .feed import Connected, Disconnected, RawEv
         conf = self.conf
         rate = conf.synthetic_rate_hz
         dt = 1.0 / rate if rate > 0 else 0.1
@@ -459,7 +459,7 @@ class SyntheticSource:
             for f in frames:
                 self.frames += 1
                 if self.raw:
-                    batch.append(("raw", self.conn, json.dumps(f, separators=(",", ":"))))
+                    batch.append(RawEv(self.conn, f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))))
                 batch.extend(norm.feed(f, time.time_ns()))
             return self.emit(batch, wait=wait)
 

@@ -110,6 +110,7 @@ class FakeCoinbaseWS:
         self._thread = None
         self._server = None
         self._tasks: list = []
+        self._closing: set = set()
         self._ready = threading.Event()
         self._error = None
 
@@ -270,9 +271,15 @@ class FakeCoinbaseWS:
         return len(cs)
 
     async def _close(self, code, reason, conn):
+        """Start the closing handshake (the close frame queues behind frames already sent; a
+        client that does not answer within the server's close_timeout is cut off)."""
         cs = self._targets(conn)
+        loop = asyncio.get_running_loop()
         for c in cs:
-            await asyncio.wait_for(c.ws.close(code, reason), 1.5)
+            c.silent = True                    # nothing more after the close frame
+            t = loop.create_task(c.ws.close(code, reason))
+            self._closing.add(t)
+            t.add_done_callback(self._closing.discard)
         return len(cs)
 
     async def _drop(self, conn):
