@@ -151,9 +151,10 @@ def order_configuration(o) -> dict:
 
 def reject_reason(resp) -> str:
     """Coinbase's reason for a ``success: false`` create, e.g. ``INSUFFICIENT_FUND: <message>``."""
-    err = resp.get("error_response") or {}
+    get = resp.get if isinstance(resp, dict) else resp.__getitem__     # SDK responses: r["key"] or None
+    err = get("error_response") or {}
     codes = [err.get("error"), err.get("new_order_failure_reason"), err.get("preview_failure_reason"),
-             resp.get("failure_reason")]
+             get("failure_reason")]
     code = next((c for c in codes if c not in _GENERIC), None) or "UNKNOWN_FAILURE_REASON"
     msg = err.get("message") or err.get("error_details") or ""
     return f"{code}: {msg}" if msg else code
@@ -266,7 +267,8 @@ class CoinbaseVenue:
         self.client = self._make_client()
         last_poll = time.monotonic()
         while not self._stop.is_set():
-            wait = max(0.01, self.conf.poll_interval_s - (time.monotonic() - last_poll)) if self._polling() else 0.5
+            busy = self._polling() or self._limbo
+            wait = max(0.01, self.conf.poll_interval_s - (time.monotonic() - last_poll)) if busy else 0.5
             try:
                 cmd = self._q.get(timeout=wait)
             except queue.Empty:
@@ -276,9 +278,13 @@ class CoinbaseVenue:
             try:
                 if cmd:
                     getattr(self, "_cmd_" + cmd[0])(*cmd[1:])
-                if self._polling() and time.monotonic() - last_poll >= self.conf.poll_interval_s:
-                    last_poll = time.monotonic()
-                    self._cmd_resync()
+                if time.monotonic() - last_poll >= self.conf.poll_interval_s:
+                    if self._polling():
+                        last_poll = time.monotonic()
+                        self._cmd_resync()
+                    elif self._limbo:
+                        last_poll = time.monotonic()
+                        self._resolve_limbo()
             except _Stopped:
                 break
             except Exception:  # noqa: BLE001 - one bad command must not end the worker
@@ -324,6 +330,16 @@ class CoinbaseVenue:
         raise VenueUnavailable(f"{getattr(fn, '__name__', 'call')}: still failing after {c.max_retries} retries")
 
     def _cmd_create(self, o):
+        try:
+            self._create(o)
+        except (_Stopped, VenueUnavailable):
+            raise
+        except Exception:  # noqa: BLE001 - outcome unknown (e.g. an odd response): look it up
+            self.log.exception("create %s: unexpected failure; looking it up by client_order_id",
+                               o.client_order_id)
+            self._limbo[o.client_order_id] = o
+
+    def _create(self, o):
         coid = o.client_order_id
         try:
             r = self._call(self.client.create_order, client_order_id=coid, product_id=o.product,
