@@ -72,3 +72,24 @@ def test_cli_writes_csv(tmp_path, capsys):
 def test_cli_reports_a_missing_file(tmp_path, capsys):
     assert export.main([str(tmp_path / "nope.jsonl"), "--csv", str(tmp_path / "o.csv")]) == 1
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_digest_ignores_wall_clock_and_random_ids_but_not_what_happened(tmp_path):
+    def order_file(name, coid, created, venue_id, price):
+        o = proto.Order(coid, venue_id, "BTC-USD", "BUY", "MARKET", "GTC", Decimal("0.001"), None, None, False,
+                        False, "FILLED", Decimal("0.001"), Decimal(price), Decimal("0.39"), Decimal("0.001"),
+                        Decimal(price), "OK", "", "sma", "paper", created, created + 5, created - 9)
+        f = proto.Fill("fill-" + venue_id, coid, "BTC-USD", "BUY", Decimal(price), Decimal("0.001"),
+                       Decimal("0.39"), "TAKER", "paper")
+        p = proto.PnL(Decimal("-0.39"), Decimal("0"), Decimal("-0.39"), Decimal("99999.61"), Decimal("0.39"),
+                      "2026-11-%02d" % (created % 28 + 1))
+        path = tmp_path / name
+        with open(path, "w") as fh:
+            for i, (t, m) in enumerate([(topics.ORDER_FILLED, o), (topics.fill("BTC-USD"), f), (topics.PNL, p)]):
+                fh.write(jsonl.dumps(Envelope(t, created + i, "execution", 1, created, created, m)) + "\n")
+        return str(path)
+    a = export.digest(order_file("a.jsonl", "sma-aaaa-1", 1000, "paper-1", "65000.12"))
+    b = export.digest(order_file("b.jsonl", "sma-bbbb-1", 2000, "paper-2", "65000.12"))
+    c = export.digest(order_file("c.jsonl", "sma-aaaa-1", 1000, "paper-1", "65000.13"))
+    assert a == b and a[1] == 3
+    assert c != a                                       # a different fill price is a different run
