@@ -20,10 +20,11 @@ class PyBands:
 
     __slots__ = ("w", "a", "bar_ns", "period", "prev", "n", "head", "mean", "m2", "peak", "since",
                  "nret", "evar", "bar", "bh", "bl", "bc", "pc", "nbars", "trsum", "atr_v", "ring",
-                 "std", "ewma", "atr")
+                 "std", "ewma", "atr", "invw", "invwm1")
 
     def __init__(self, window: int, alpha: float, bar_ns: int, period: int):
         self.w, self.a, self.bar_ns, self.period = window, alpha, bar_ns, period
+        self.invw, self.invwm1 = 1.0 / window, 1.0 / (window - 1)
         self.prev = 0.0
         self.n = self.head = self.since = self.nret = self.nbars = 0
         self.mean = self.m2 = self.peak = self.evar = self.trsum = self.atr_v = 0.0
@@ -72,16 +73,19 @@ class PyBands:
                 self.ring[h] = r
                 self.head = (h + 1) % w
                 mean = self.mean
-                new_mean = mean + (r - old) / w
+                new_mean = mean + (r - old) * self.invw
                 m2 = self.m2 + (r - old) * (r - new_mean + old - mean)
                 self.mean = new_mean
                 self.m2 = m2 if m2 > 0.0 else 0.0
                 self.since += 1
                 if self.m2 > self.peak:
                     self.peak = self.m2
-                if self.since >= w or self.m2 < self.peak * K.REFRESH_DROP:
+                if self.since >= K.REFRESH_WINDOWS * w or self.m2 < self.peak * K.REFRESH_DROP:
                     self._recompute()
-            self.std = math.sqrt(self.m2 / (n - 1)) if n >= 2 else math.nan
+            if n == w:
+                self.std = math.sqrt(self.m2 * self.invwm1)
+            else:
+                self.std = math.sqrt(self.m2 / (n - 1)) if n >= 2 else math.nan
             # EWMA
             v = r * r if self.nret == 1 else self.a * self.evar + (1.0 - self.a) * r * r
             self.evar = v
