@@ -9,7 +9,7 @@ from nodes.alerts import AlertsNode
 from nodes.alerts.config import AlertsConfig
 from nodes.client import RequestClient
 from nodes.config import Secret
-from nodes.runtime import Node
+from nodes.runtime import Node, NodeStartError
 from proto import topics
 from tests.conftest import make_mesh, wait_until
 from tests.integration.ops_sink import Sink
@@ -22,6 +22,20 @@ class Source(Node):
 
     def send(self, topic, msg):
         self.call_soon(self.publish, topic, msg)
+
+
+def restart_source(mesh, name, ctx):
+    """Start a new incarnation on the endpoint a stopped one held (libzmq frees it asynchronously)."""
+    made = []
+
+    def attempt():
+        try:
+            made.append(Source(mesh, name, context=ctx).start())
+        except NodeStartError:
+            return False
+        return True
+    wait_until(attempt, 5, interval=0.05, what=f"{name} re-binding its endpoint")
+    return made[0]
 
 
 def conf(**kw):
@@ -146,7 +160,7 @@ def test_slack_bot_token_mode_uses_chat_post_message(tcp_mesh, ctx, sink, collec
         body = reqs[-1].json
         assert body["channel"] == "#ops" and "Node execution is down" in body["text"]
         assert reqs[-1].headers["Authorization"] == "Bearer xoxb-test-token"
-        ex3 = Source(tcp_mesh, "execution", context=ctx).start()
+        ex3 = restart_source(tcp_mesh, "execution", ctx)
         try:
             up = bus.wait_for(lambda e: e.topic == "alert.node" and e.msg.resolved, timeout=5)
             assert up.msg.key == "node.down.execution"

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 import proto
-from nodes.runtime import Node
+from nodes.runtime import Node, NodeStartError
 from proto import jsonl, topics
 from tests.conftest import ROOT, make_mesh, wait_until
 from tools.tap import Tap
@@ -100,7 +100,18 @@ def test_survives_a_publisher_restart(transport, short_tmp, ctx):
     try:
         wait_until(lambda: tap.seen >= 200, 5, what="events from the first publisher")
         a.stop()
-        b = Ticker(mesh, interval=0.05, context=ctx).start()       # a new incarnation: seq restarts at 1
+        # a new incarnation (seq restarts at 1) on the same endpoint; libzmq releases the old
+        # listener asynchronously, so the bind is retried until the port is free (bounded)
+        started = []
+
+        def restart():
+            try:
+                started.append(Ticker(mesh, interval=0.05, context=ctx).start())
+            except NodeStartError:
+                return False
+            return True
+        wait_until(restart, 5, interval=0.05, what="the publisher re-binding its endpoint")
+        b = started[0]
         try:
             seen = tap.seen
             wait_until(lambda: tap.seen >= seen + 5, 8, what="events from the restarted publisher")
