@@ -234,7 +234,8 @@ class MarketDataNode(Node):
         if ev.snapshot:
             self._synced(p)
         h = self.health[p]
-        if self._book_period_ns == 0 or book.ts_event - h.book_pub_event >= self._book_period_ns:
+        since = book.ts_event - h.book_pub_event       # exchange time: replays keep the recorded cadence
+        if self._book_period_ns == 0 or since >= self._book_period_ns or since < 0:
             self._publish_book(p)
 
     def _synced(self, p):

@@ -187,7 +187,7 @@ class WsFeed:
                 for t in pending:
                     t.cancel()
                 if pending:
-                    loop.run_until_complete(asyncio.wait(pending, timeout=0.3))
+                    loop.run_until_complete(asyncio.wait(pending, timeout=0.2))
             finally:
                 self._loop = None
                 loop.close()

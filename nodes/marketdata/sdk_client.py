@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 
-from .feed import Connected, Disconnected, RawEv, Stale, WsFeed
+from .feed import Disconnected, RawEv, Stale, WsFeed
 from .normalize import Normalizer
 
 _sdk_logging_fixed = False
@@ -191,5 +191,3 @@ class SdkFeed(WsFeed):
         await asyncio.wait_for(client.unsubscribe_async(list(products), chans), self.conf.send_timeout_s * len(chans))
         await asyncio.wait_for(client.subscribe_async(list(products), chans), self.conf.send_timeout_s * len(chans))
 
-
-__all__ = ["SdkFeed", "Connected"]
