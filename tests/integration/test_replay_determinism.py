@@ -47,7 +47,10 @@ def _run(tmp: Path, name: str, src: Path, seed: int):
     return digest([str(f) for f in files]), json.loads(summary.read_text())
 
 
-@pytest.mark.xfail(not _lockstep_available(), strict=True,
+# Without lockstep the strategy's submits race the replay (it falls behind at --speed max), so risk's
+# feed state and the paper venue's book at fill time differ between runs: measured 1 identical pair
+# in 5. Not strict for that reason; once marketdata has `lockstep` this is an ordinary test.
+@pytest.mark.xfail(not _lockstep_available(), strict=False,
                    reason="needs nodes.offline's lockstep replay (marketdata.lockstep): without it the "
                           "strategy's submits race the replay and risk's feed state")
 def test_same_file_same_seed_same_orders_and_pnl(tmp_path):
