@@ -210,10 +210,10 @@ class ExecutionNode(Node):
         self.orders[coid] = o
         self.journal.order(o, now)                       # the intent, before anything else
         self._emit(topics.ORDER_NEW, o.to_proto(), now)
-        bad = validate_intent(intent, self.mesh.spec(intent.product))
+        bad = validate_intent(intent, self.mesh.spec(intent.product)) or self._reduce_only_violation(intent)
         if bad is not None:
             self.c["invalid"] += 1
-            self._reject(o, bad[0], bad[1], now)
+            self._reject(o, bad[0], bad[1], now)           # nothing asked, nothing sent
             self._commit()
             return self._reply(o)
         self._commit()
@@ -231,6 +231,20 @@ class ExecutionNode(Node):
         self._to_venue(o, now)
         self._commit()
         return self._reply(o)
+
+    def _reduce_only_violation(self, intent):
+        """A reduce-only order must shrink the filled position, never grow or flip it."""
+        if not intent.reduce_only:
+            return None
+        p = self.book.positions.get(intent.product)
+        q = p.qty if p is not None else 0
+        if not q:
+            return Code.REDUCE_ONLY, f"reduce-only: no {intent.product} position to reduce"
+        if (q > 0) == (intent.side == "BUY"):
+            return Code.REDUCE_ONLY, f"reduce-only {intent.side} would grow the {q} {intent.product} position"
+        if intent.size is not None and intent.size > abs(q):
+            return Code.REDUCE_ONLY, f"reduce-only size {intent.size} exceeds the position {abs(q)}"
+        return None
 
     def _ask_risk(self, intent):
         """(approved, code, reason). Anything but a clear answer from risk is RISK_UNAVAILABLE."""

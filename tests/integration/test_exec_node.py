@@ -142,6 +142,13 @@ def test_invalid_intent_is_rejected_without_asking_risk(rig_factory):
     assert r.code == Code.INVALID_ORDER and "limit_price" in r.reason and rig.risk.intents == []
     r = rig.submit(product="DOGE-USD", size=D("1"), client_order_id="bad-2")
     assert r.code == Code.INVALID_ORDER and "DOGE-USD" in r.reason
+    r = rig.submit(side="SELL", size=D("1"), reduce_only=True, client_order_id="ro-1")
+    assert r.code == Code.REDUCE_ONLY and "no BTC-USD position" in r.reason and rig.risk.intents == []
+    assert rig.submit(size=D("0.3"), client_order_id="ro-2").data.status == "FILLED"
+    assert rig.submit(size=D("0.1"), reduce_only=True, client_order_id="ro-3").code == Code.REDUCE_ONLY
+    assert "exceeds" in rig.submit(side="SELL", size=D("0.4"), reduce_only=True, client_order_id="ro-4").reason
+    r = rig.submit(side="SELL", size=D("0.3"), reduce_only=True, tif="IOC", client_order_id="ro-5")
+    assert r.ok and r.data.status == "FILLED" and rig.client.call(Query("positions"))[0].qty == 0
 
 
 def test_repeated_client_order_id_returns_the_existing_order_and_sends_once(rig_factory):
