@@ -271,6 +271,8 @@ class StrategyNode(Node):
         """Check and size a plugin's intent; None if unusable."""
         if type(it) is not OrderIntent or it.side not in ("BUY", "SELL") or it.product not in self.products:
             return None
+        if any(v is not None and type(v) is not Decimal for v in (it.size, it.quote_size, it.limit_price)):
+            return None                     # money must be Decimal: a float size is a plugin bug
         spec = self.mesh.spec(it.product)
         if spec is None or it.size is None:
             return it if it.quote_size is not None and it.quote_size > 0 else None
@@ -305,6 +307,11 @@ class StrategyNode(Node):
         self.c["submitted"] += 1
         try:
             reply = self.client.request(it)
+        except proto.EncodeError as e:   # nothing left the node
+            self.c["submit_errors"] += 1
+            self.gate.rejected(plugin.name, it, now)
+            self.log.error("%s: cannot encode %s: %s", plugin.name, it, e)
+            return
         except RequestError as e:      # timeout: the outcome is unknown; keep it pending, back off
             self.c["submit_timeouts"] += 1
             pause = self.gate.rejected(plugin.name, it, now, outcome_known=False)

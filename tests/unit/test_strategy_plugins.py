@@ -134,3 +134,10 @@ def test_node_sizes_intents_to_the_product_increment():
     assert node._prepare(it._replace(size=Decimal("0.000000001"))) is None        # below the minimum
     assert node._prepare(it._replace(product="DOGE-USD")) is None                   # not traded here
     assert node._prepare(it._replace(side="HOLD")) is None
+
+
+def test_node_refuses_float_money_from_a_plugin():
+    node = StrategyNode(MeshConfig(), StrategyConfig(plugins=("sma",)))
+    it = proto.OrderIntent("BTC-USD", "BUY", "MARKET", size=0.001)
+    assert node._prepare(it) is None
+    assert node._prepare(it._replace(size=Decimal("0.001"), limit_price=65000.0)) is None
