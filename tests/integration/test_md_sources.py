@@ -58,7 +58,8 @@ def test_synthetic_on_every_transport(mesh, ctx, collector):
         node.stop()
 
 
-def _trades(seed, ctx, tmp):
+def _trades(seed, tmp):
+    ctx = zmq.Context()          # a context per run: inproc names are reused
     cfg = config.load(config.DEFAULT_CONF, env={}, read_dotenv=False)
     m = make_mesh("inproc", tmp, products=PRODUCTS)
     cfg = cfg.replace("mesh", **{k: getattr(m, k) for k in ("transport", "base_port", "ipc_dir", "state_dir",
@@ -73,11 +74,12 @@ def _trades(seed, ctx, tmp):
     finally:
         node.stop()
         col.close()
+        ctx.destroy(linger=0)
     return [(e.msg.product, e.msg.price, e.msg.size, e.msg.side) for e in col.events[:40]]
 
 
-def test_synthetic_is_seeded(ctx, short_tmp):
-    a, b, c = _trades(42, ctx, short_tmp), _trades(42, ctx, short_tmp), _trades(43, ctx, short_tmp)
+def test_synthetic_is_seeded(short_tmp):
+    a, b, c = _trades(42, short_tmp), _trades(42, short_tmp), _trades(43, short_tmp)
     assert a == b and a != c
 
 
@@ -148,14 +150,17 @@ def test_replay_raw_frames_reproduces_the_live_events(ctx, short_tmp):
     assert raw and all(e.topic == "raw.coinbase" for e in raw)
     path = short_tmp / "raw.jsonl"
     _write(path, live)                   # raw frames and derived events: raw mode ignores the latter
+    ctx2 = zmq.Context()          # the same inproc names again: a context of its own
     m2 = make_mesh("inproc", short_tmp / "b", products=PRODUCTS)
-    col2 = Collector(ctx, m2, ["marketdata"], ["md.tick.", "md.book.", "md.trade.", "md.gap"])
-    node2 = start(m2, ctx, source="replay", replay_file=str(path), replay_speed="max", book_publish_hz=0.0)
+    col2 = Collector(ctx2, m2, ["marketdata"], ["md.tick.", "md.book.", "md.trade.", "md.gap"])
+    node2 = start(m2, ctx2, source="replay", replay_file=str(path), replay_speed="max", book_publish_hz=0.0)
     try:
         wait_until(lambda: node2.extra_counters()["replay_done"] == 1, 10.0, what="replay done")
     finally:
         node2.stop()
     replayed = drain(col2)
+    col2.close()
+    ctx2.destroy(linger=0)
 
     def key(e):
         return e.topic, e.msg, e.ts_event
@@ -184,9 +189,10 @@ def test_replay_paced_by_recorded_time(ctx, short_tmp):
 
 
 def test_replay_problems(ctx, short_tmp):
-    mesh = make_mesh("inproc", short_tmp, products=PRODUCTS)
+    mesh = make_mesh("tcp", short_tmp, products=PRODUCTS)
     with pytest.raises(NodeStartError, match="marketdata.replay_file"):
         start(mesh, ctx, source="replay", replay_file=str(short_tmp / "missing.jsonl"))
+    mesh = make_mesh("inproc", short_tmp, products=PRODUCTS)
     t0 = 1772366400 * 10**9
     tick = _env("md.tick.BTC-USD", Tick("BTC-USD", *(Decimal(x) for x in (2, 1, 1, 2, 1, 1))), t0, t0)
     bad = short_tmp / "bad.jsonl"
