@@ -217,3 +217,28 @@ def test_live_mode_refuses_to_start_without_both_switches(short_tmp):
     p = subprocess.run([sys.executable, "-m", "nodes.execution"], env=env, cwd=str(ROOT), capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 2 and "live_trading is false" not in p.stderr and "TICKMESH_LIVE=yes" in p.stderr
+
+
+def test_fake_rest_follows_the_synthetic_market_and_serves_the_sdk(tmp_path):
+    """``serve(market=...)`` (what ``python -m tools.fakecoinbase --rest`` runs): the REST touch
+    follows the WebSocket fake's synthetic market; the key file it writes works with the SDK."""
+    import json
+    from coinbase.rest import RESTClient
+    from nodes.marketdata.synthetic import Market
+    from tools.fakecoinbase.rest import serve
+    market = Market([BTC], seed=3)
+    served = serve("127.0.0.1", 0, 0, [BTC], directory=str(tmp_path), market=market)
+    try:
+        for i in range(20):
+            market.step(0.1, time.time_ns())
+        t = market.products[BTC].ticker()
+        wait_until(lambda: served.exchange.market[BTC]["ask"] == D(t["best_ask"]), 5, what="the touch following")
+        key = json.loads(open(served.key_file).read())
+        c = RESTClient(api_key=key["name"], api_secret=key["privateKey"], base_url=served.rest.base_url, timeout=5)
+        c.session.verify, c.session.trust_env = served.rest.ca_bundle, False
+        r = c.market_order_buy(client_order_id="sdk-1", product_id=BTC, base_size="0.001")
+        assert r.success
+        o = c.get_order(r.success_response["order_id"]).order
+        assert o.status == "FILLED" and D(o.average_filled_price) == D(t["best_ask"])
+    finally:
+        served.stop()

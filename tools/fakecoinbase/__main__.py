@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     p.add_argument("--ack-order", default="random", choices=("random", "before", "after"),
                    help="subscriptions ack before or after the snapshot")
     p.add_argument("--log-level", default="INFO")
+    # --- REST + user channel (tools/fakecoinbase/rest.py, user.py; for the execution node) ---
+    p.add_argument("--rest", action="store_true", help="also serve the HTTPS REST API and the user channel")
+    p.add_argument("--rest-port", type=int, default=8443, help="with --rest: HTTPS port")
+    p.add_argument("--user-port", type=int, default=8766, help="with --rest: user channel port")
     a = p.parse_args(argv)
     _log.setup(a.log_level)
     products = [x.strip() for x in a.products.split(",") if x.strip()]
@@ -83,10 +87,17 @@ def main(argv=None) -> int:
     print(f"fake Coinbase WebSocket on {fake.url}  (COINBASE_WS_URL={fake.url}); "
           f"faults: http://{a.host}:{fake.port}/_fake/<skip|silence|resume|close|drop|garbage|send|reject|state>",
           flush=True)
+    rest = None
     try:
+        if a.rest:   # REST + user channel, following the WebSocket fake's market (tools.fakecoinbase.rest)
+            from .rest import serve
+            rest = serve(a.host, a.rest_port, a.user_port, products, seed=a.seed, market=fake.market)
+            print(rest.describe(), flush=True)
         while not stop.wait(0.5):
             pass
     finally:
+        if rest is not None:
+            rest.stop()
         fake.stop()
     return 0
 

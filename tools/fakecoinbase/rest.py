@@ -685,10 +685,78 @@ class RestServer:
             self._tmp = None
 
 
+class Served:
+    """A running REST server + user channel (what ``serve`` returns): ``.stop()`` ends both."""
+
+    def __init__(self, exchange, rest, user, key_file, follower=None, stop_event=None):
+        self.exchange, self.rest, self.user, self.key_file = exchange, rest, user, key_file
+        self._follower, self._stop = follower, stop_event
+
+    def describe(self) -> str:
+        return (f"fake Coinbase REST:  https://{self.rest.base_url}   (CA bundle: {self.rest.ca_bundle})\n"
+                f"fake user channel:   {self.user.url}\n"
+                f"API key (name + privateKey): {self.key_file}\n"
+                f"execution config:  venue = \"coinbase\", live_trading = true, "
+                f"rest_base_url = \"{self.rest.base_url}\",\n"
+                f"                   rest_ca_bundle = \"{os.path.abspath(self.rest.ca_bundle)}\", "
+                f"ws_user_url = \"{self.user.url}\"\n"
+                f"secrets:           TICKMESH_LIVE=yes, COINBASE_API_KEY / COINBASE_API_SECRET from the key file")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._follower.join(2)
+        self.user.stop()
+        self.rest.stop()
+
+
+def follow_market(exchange: FakeExchange, market, stop: threading.Event, interval: float = 0.2) -> None:
+    """Keep the exchange's touch on a ``nodes.marketdata.synthetic.Market`` (the WebSocket fake's
+    market), so REST fills happen at the prices the market-data feed shows. The market is stepped
+    in another thread: a read that races a step is skipped and retried at the next interval."""
+    while not stop.wait(interval):
+        for name, prod in list(market.products.items()):
+            try:
+                t = prod.ticker()
+            except RuntimeError:          # the market moved under us (dict changed size): next round
+                continue
+            if name in exchange.market and D(t["best_bid"]) < D(t["best_ask"]):
+                exchange.set_market(name, t["best_bid"], t["best_ask"], t["best_bid_quantity"] or "0",
+                                    t["best_ask_quantity"] or "0")
+
+
+def serve(host: str = "127.0.0.1", rest_port: int = 8443, user_port: int = 8766, products=("BTC-USD", "ETH-USD"),
+          *, seed: int = 0, directory: str = "var/fakecoinbase", rate_limit_per_s: int = 30, market=None) -> Served:
+    """Start the REST API and the user channel with a fresh API key (written to ``directory``).
+    ``market``: a synthetic ``Market`` to follow (``python -m tools.fakecoinbase --rest`` passes
+    the WebSocket fake's)."""
+    from .user import UserChannelServer
+    ex = FakeExchange(list(products), seed=seed, rate_limit_per_s=rate_limit_per_s)
+    name, pem, pub = make_api_key()
+    ex.add_key(name, pub)
+    os.makedirs(directory, exist_ok=True)
+    key_file = os.path.join(directory, "fakecoinbase-key.json")
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"name": name, "privateKey": pem}, f)
+    rest = RestServer(ex, host, rest_port, cert_dir=directory).start()
+    try:
+        user = UserChannelServer(ex, host, user_port).start()
+    except BaseException:
+        rest.stop()
+        raise
+    follower = stop = None
+    if market is not None:
+        stop = threading.Event()
+        follower = threading.Thread(target=follow_market, args=(ex, market, stop), name="fakecoinbase-follow",
+                                    daemon=True)
+        follower.start()
+    return Served(ex, rest, user, key_file, follower, stop)
+
+
 def main(argv=None) -> int:
     """Run the fake REST API and the ``user`` channel until Ctrl-C / SIGTERM."""
     import signal
-    from .user import UserChannelServer
     p = argparse.ArgumentParser(prog="python -m tools.fakecoinbase.rest", description=main.__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8443, help="HTTPS port (0: any free port)")
@@ -701,33 +769,22 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s fakecoinbase: %(message)s")
-    ex = FakeExchange(a.products.split(","), seed=a.seed, rate_limit_per_s=a.rate_limit)
-    name, pem, pub = make_api_key()
-    ex.add_key(name, pub)
-    os.makedirs(a.dir, exist_ok=True)
-    key_file = os.path.join(a.dir, "fakecoinbase-key.json")
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"name": name, "privateKey": pem}, f)
-    rest = RestServer(ex, a.host, a.port, cert_dir=a.dir).start()
-    user = UserChannelServer(ex, a.host, a.user_port).start()
-    print(f"fake Coinbase REST:  https://{rest.base_url}   (CA bundle: {rest.ca_bundle})\n"
-          f"fake user channel:   {user.url}\n"
-          f"API key (name + privateKey): {key_file}\n"
-          f"execution config:  venue = \"coinbase\", live_trading = true, rest_base_url = \"{rest.base_url}\",\n"
-          f"                   rest_ca_bundle = \"{os.path.abspath(rest.ca_bundle)}\", ws_user_url = \"{user.url}\"\n"
-          f"secrets:           TICKMESH_LIVE=yes, COINBASE_API_KEY / COINBASE_API_SECRET from the key file",
-          flush=True)
+    try:
+        served = serve(a.host, a.port, a.user_port, a.products.split(","), seed=a.seed, directory=a.dir,
+                       rate_limit_per_s=a.rate_limit)
+    except OSError as e:
+        print(f"fakecoinbase.rest: {e}", file=sys.stderr)
+        return 1
+    print(served.describe(), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(a.walk or 0.5):
             if a.walk:
-                ex.step()
+                served.exchange.step()
     finally:
-        user.stop()
-        rest.stop()
+        served.stop()
     return 0
 
 
