@@ -228,12 +228,48 @@ def test_garbage_is_counted_and_the_node_lives(client, fake, run_md):
     assert len(fake.connections) == 1
 
 
-def test_rejected_handshakes_back_off_then_connect(client, fake, run_md):
+@pytest.mark.parametrize("reset_s, next_delay", [(60.0, 0.16), (0.0, 0.02)])
+def test_rejected_handshakes_back_off_then_connect(client, fake, run_md, reset_s, next_delay):
     fake.reject(3)
-    node, col = run_md(fake.url, client, backoff_initial_s=0.02, backoff_multiplier=2.0, backoff_jitter=0.0)
+    node, col = run_md(fake.url, client, backoff_initial_s=0.02, backoff_multiplier=2.0, backoff_jitter=0.0,
+                       backoff_max_s=1.0,
+                       backoff_reset_s=reset_s)
     wait_healthy(col)
     assert fake.rejected == 3 and len(fake.connections) == 1
     assert node.source.sessions == 4 and node.extra_counters()["feed_connections"] == 1
+    assert node.source.last_delay == pytest.approx(0.08)          # 0.02, 0.04, 0.08
+    # the next close: the backoff goes on (0.16) unless the connection stayed up backoff_reset_s
+    fake.close(1000)
+    fake.wait_for(lambda f: len(f.connections) == 2 and resubscribed(f.connections[-1]))
+    assert node.source.last_delay == pytest.approx(next_delay)
+    wait_healthy(col)
+
+
+def test_crossed_book_resnapshots_that_product(client, run_md):
+    with FakeCoinbaseWS(rate_hz=0.001, heartbeat_s=0.1, seed=8) as fake:       # a still market
+        node, col = run_md(fake.url, client)
+        wait_healthy(col)
+        conn = fake.wait_for(lambda f: latest(f) if resubscribed(latest(f)) else None)
+        n0 = len(conn.received)
+        pr = fake.market.products["ETH-USD"]
+        ask = pr.px(min(pr.asks))
+        fake.inject("l2_data", [{"type": "update", "product_id": "ETH-USD", "updates": [
+            {"side": "bid", "event_time": "2026-03-01T12:00:00Z", "price_level": ask, "new_quantity": "1"}]}])
+        st = col.wait_for(lambda e: status(e, "ETH-USD", healthy=False, state="CROSSED"))
+        assert f"bid {ask} >= ask {ask}" in st.msg.reason
+        fake.wait_for(lambda f: [(m["type"], m.get("product_ids")) for m in conn.received[n0:]]
+                      == [("unsubscribe", ["ETH-USD"]), ("subscribe", ["ETH-USD"])], what="ETH-USD level2 resubscribe")
+        col.wait_for(lambda e: status(e, "ETH-USD", healthy=True))
+        book = col.wait_for(lambda e: e.topic == "md.book.ETH-USD")
+        assert book.msg.bids[0][0] < book.msg.asks[0][0]
+        # an unreadable level2 event: the book cannot be trusted any more either
+        n1 = len(conn.received)
+        fake.inject("l2_data", [{"type": "update", "product_id": "BTC-USD", "updates": [{"side": "bid"}]}])
+        col.wait_for(lambda e: status(e, "BTC-USD", healthy=False, state="GAP"))
+        fake.wait_for(lambda f: [m.get("product_ids") for m in conn.received[n1:]] == [["BTC-USD"]] * 2)
+        col.wait_for(lambda e: status(e, "BTC-USD", healthy=True))
+        c = node.extra_counters()
+        assert c["feed_crossed"] == 1 and c["feed_parse_errors"] == 1 and c["feed_gaps"] == 0
 
 
 # --- stopping is bounded ----------------------------------------------------------------------------------
