@@ -142,3 +142,14 @@ def test_backoff_is_full_jitter_and_capped():
         cap = min(8.0, 0.25 * 2 ** attempt)
         samples = [backoff_delay(attempt, 0.25, 8.0, rng) for _ in range(200)]
         assert all(0 <= s <= cap for s in samples) and max(samples) > cap * 0.8
+
+
+def test_a_secret_that_cannot_sign_stops_the_start_without_showing_it():
+    import logging
+    from nodes.execution.coinbase import CoinbaseVenue
+    from nodes.runtime import NodeStartError
+    conf = ExecutionConfig(venue="coinbase", live_trading=True)
+    bad = dict(SECRETS, COINBASE_API_SECRET=Secret("hunter2-not-a-key"))
+    with pytest.raises(NodeStartError) as e:
+        CoinbaseVenue(conf, MeshConfig(), bad, post=None, log=logging.getLogger("t"))
+    assert "cannot sign a JWT" in str(e.value) and "hunter2" not in str(e.value)
