@@ -60,7 +60,9 @@ def test_synthetic_on_every_transport(mesh, ctx, collector):
 
 def _trades(seed, tmp):
     ctx = zmq.Context()          # a context per run: inproc names are reused
-    cfg = config.load(config.DEFAULT_CONF, env={}, read_dotenv=False)
+    f = tmp / "mesh.toml"
+    f.write_text("[marketdata]\nsource = \"coinbase\"\n")
+    cfg = config.load(f, env={}, read_dotenv=False)
     m = make_mesh("inproc", tmp, products=PRODUCTS)
     cfg = cfg.replace("mesh", **{k: getattr(m, k) for k in ("transport", "base_port", "ipc_dir", "state_dir",
                                                             "products", "heartbeat_s")})

@@ -1,6 +1,7 @@
 """[marketdata] config: validation naming the key, environment overrides, backoff arithmetic."""
 import dataclasses
 import random
+import tomllib
 
 import pytest
 
@@ -14,8 +15,14 @@ def test_defaults_and_the_shipped_file():
     c = MarketDataConfig()
     assert c.source == "coinbase" and c.ws_url == "wss://advanced-trade-ws.coinbase.com"
     assert c.channels == ("heartbeats", "ticker", "market_trades", "level2") and not c.use_official_sdk
-    loaded = config.load(config.DEFAULT_CONF, env={}, read_dotenv=False).section("marketdata")
-    assert loaded == c          # conf/mesh.toml documents exactly the defaults
+    table = tomllib.loads(config.DEFAULT_CONF.read_text())["marketdata"]
+    assert config.build(MarketDataConfig, table, "marketdata") == c     # conf/mesh.toml shows the defaults
+    assert set(table) == {f.name for f in dataclasses.fields(MarketDataConfig)}   # every key is there
+    text = config.DEFAULT_CONF.read_text().split("[marketdata]", 1)[1].split("\n[", 1)[0]
+    lines = text.strip().splitlines()
+    for i, line in enumerate(lines):                                    # and commented
+        if line and not line.startswith("#"):
+            assert lines[i - 1].startswith("#") or lines[i - 1].split("=")[0].strip().startswith("backoff_"), line
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -55,8 +62,10 @@ def test_environment_overrides(tmp_path):
         config.load(f, env={}, read_dotenv=False)
 
 
-def test_offline_mode_replacements():
-    cfg = config.load(config.DEFAULT_CONF, env={}, read_dotenv=False)
+def test_offline_mode_replacements(tmp_path):
+    f = tmp_path / "mesh.toml"
+    f.write_text("[marketdata]\n")
+    cfg = config.load(f, env={}, read_dotenv=False)
     a = cfg.replace("marketdata", source="synthetic", seed=42).section("marketdata")
     assert a.source == "synthetic" and a.seed == 42
     b = cfg.replace("marketdata", source="replay", replay_file="/x.jsonl", replay_speed="max").section("marketdata")
