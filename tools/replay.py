@@ -81,6 +81,7 @@ class Replayer:
         self.published = 0
         self.stalls = 0
         self._lock_fd = None
+        self._auth_hold = False
         self.pub = None
 
     # --- sockets ----------------------------------------------------------------------------------
@@ -106,6 +107,7 @@ class Replayer:
         if m.curve and m.transport == "tcp":
             from nodes import security
             security.apply(s, m, "replay", server=True, context=self.ctx)
+            self._auth_hold = True
         try:
             s.bind(ep)
         except zmq.ZMQError as e:
@@ -118,6 +120,10 @@ class Replayer:
         if self.pub is not None:
             self.pub.close()      # bounded linger (mesh.pub_linger_ms) flushes the tail
             self.pub = None
+        if self._auth_hold:
+            from nodes import security
+            security.release(self.ctx)
+            self._auth_hold = False
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -164,11 +170,12 @@ class Replayer:
     def _heartbeat_sub(self, nodes):
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
-        if self.mesh.curve and self.mesh.transport == "tcp":
-            from nodes import security
-            security.apply(s, self.mesh, "replay", server=False, context=self.ctx)
+        curve = self.mesh.curve and self.mesh.transport == "tcp"
         for n in nodes:
             s.setsockopt(zmq.SUBSCRIBE, topics.exact(topics.heartbeat(n)))
+            if curve:             # the server key is set again before every connect
+                from nodes import security
+                security.apply(s, self.mesh, "replay", server=False, server_node=n)
             s.connect(self.mesh.endpoint(n, "pub"))
         return s
 

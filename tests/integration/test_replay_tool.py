@@ -143,3 +143,25 @@ def test_refuses_to_replay_into_nobody(short_tmp, ctx):
         raise AssertionError("replayed into nobody")
     except ReplayError as e:
         assert "subscribers" in str(e)
+
+
+def test_replay_over_curve_into_a_store(short_tmp, ctx):
+    """With mesh.curve the replay slot is a CURVE server like any node's PUB (and a client of the
+    nodes it waits for)."""
+    from nodes import security
+    from nodes.config import NODES
+    security.generate(short_tmp / "keys", NODES)
+    mesh = make_mesh("tcp", short_tmp, curve=True, keys_dir=str(short_tmp / "keys"))
+    src = short_tmp / "recorded.jsonl"
+    envs = recorded_file(src, n=50)
+    store = StoreNode(mesh, StoreConfig(flush_interval_s=0.05), context=ctx).start()
+    try:
+        events, _ = load_events(src)
+        out = Replayer(mesh, events, context=ctx, wait_for=["store"]).run()
+        assert out["published"] == len(envs) and out["drained"]
+        with RequestClient.for_node(mesh, "store", context=ctx, timeout_ms=3000, source="replay") as c:
+            q = c.call(proto.Query("store", "flush"))
+    finally:
+        store.stop()
+    got = [e for f in sorted(Path(q["dir"]).glob("*.jsonl")) for e in jsonl.read(f)]
+    assert [e.msg for e in got] == [e.msg for e in envs]
