@@ -294,6 +294,7 @@ class MarketDataNode(Node):
         self.conn = ev.conn
         self.connected = True
         self.require_snapshot = ev.require_snapshot
+        self._resnap_pending.clear()        # the new connection sends fresh snapshots anyway
         for p in self.products:
             self.books[p].invalidate()
             h = self.health[p]

@@ -494,7 +494,7 @@ class SyntheticSource:
                     hb = session.heartbeat(int(steps * dt), now(), steps * dt)
                     if hb is not None:
                         frames.append(hb)
-                if not push(frames, wait=rate <= 0):
+                if not push(frames, wait=True):     # bounded batches in flight: memory stays flat
                     break
         except Exception:  # noqa: BLE001 - a bug here must show, and the node must learn the feed is down
             self.log.exception("synthetic source failed")

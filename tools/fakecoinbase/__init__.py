@@ -6,4 +6,10 @@ market of ``nodes.marketdata.synthetic``, with fault injection. Run it with
 """
 from .ws import GARBAGE, ConnInfo, FakeCoinbaseWS
 
-__all__ = ["FakeCoinbaseWS", "ConnInfo", "GARBAGE"]
+__all__ = ["FakeCoinbaseWS", "ConnInfo", "GARBAGE", "main"]
+
+
+def main(argv=None) -> int:
+    """``tickmesh fakecoinbase ...`` (the same as ``python -m tools.fakecoinbase ...``)."""
+    from .__main__ import main as _main
+    return _main(argv)
