@@ -189,6 +189,10 @@ def build_config(args):
         except (TypeError, ImportError, ModuleNotFoundError):
             pass
     try:
+        cfg = cfg.replace("strategy", seed=args.seed)
+    except (TypeError, ImportError, ModuleNotFoundError):
+        pass
+    try:
         cfg = cfg.replace("execution", venue="paper", live_trading=False)
     except (TypeError, ImportError, ModuleNotFoundError):
         pass

@@ -368,8 +368,9 @@ class Node:
         anyh = self._any_handler
         n = 0
         try:
-            for n in range(budget):
+            while n < budget:
                 frame = recv(zmq.NOBLOCK)
+                n += 1
                 try:
                     env = decode(frame)
                 except DecodeError as e:
