@@ -49,10 +49,11 @@ up: $(VENV)/.installed
 status: $(VENV)/.installed
 	$(VENV)/bin/supervisorctl -c $(SUPERVISOR_CONF) status
 down: $(VENV)/.installed
-	-$(VENV)/bin/supervisorctl -c $(SUPERVISOR_CONF) shutdown
-	@pidf=$(SUPERVISOR_VAR)/supervisord.pid; for i in $$(seq 1 200); do \
-	  if [ -f $$pidf ] && kill -0 $$(cat $$pidf) 2>/dev/null; then sleep 0.1; else exit 0; fi; \
-	done; echo "supervisord (pid $$(cat $$pidf)) still running after 20 s"; exit 1
+	@pid=$$(cat $(SUPERVISOR_VAR)/supervisord.pid 2>/dev/null); \
+	$(VENV)/bin/supervisorctl -c $(SUPERVISOR_CONF) shutdown; \
+	[ -n "$$pid" ] || exit 0; for i in $$(seq 1 200); do \
+	  case "$$(ps -o stat= -p $$pid 2>/dev/null)" in ""|Z*) exit 0;; esac; sleep 0.1; \
+	done; echo "supervisord (pid $$pid) still running after 20 s"; exit 1
 
 clean:
 	rm -rf $(VENV) *.egg-info build var
