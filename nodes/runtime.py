@@ -285,10 +285,18 @@ class Node:
                     raise NodeStartError(f"{endpoint} is in use by another process "
                                          f"(is a second {self.instance} running?)") from None
                 self._lock_fds.append(fd)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as e:
-            raise NodeStartError(f"cannot bind {endpoint}: {e}") from None
+        # a node restarted in the same process can find its tcp port still held for a moment while
+        # libzmq releases it in the background: retry EADDRINUSE briefly, then say which endpoint
+        deadline = time.monotonic() + (2.0 if endpoint.startswith("tcp://") else 0)
+        while True:
+            try:
+                sock.bind(endpoint)
+                break
+            except zmq.ZMQError as e:
+                if e.errno == errno.EADDRINUSE and time.monotonic() < deadline and not self._stopping:
+                    time.sleep(0.05)
+                    continue
+                raise NodeStartError(f"cannot bind {endpoint}: {e}") from None
         if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
             os.chmod(endpoint[6:], 0o600)
         self.log.info("bound %s", endpoint)
@@ -538,8 +546,9 @@ class Node:
             pass
 
 
-def run_main(node_cls, argv=None, description=None) -> int:
-    """The ten-line main() of every node: args, logging, config, build, start, wait, stop."""
+def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:
+    """The ten-line main() of every node: args, logging, config, build, start, wait, stop.
+    ``log_stream``: where logs go (stdout by default; the supervisord event listener needs stderr)."""
     import argparse
     from . import config as _config
     doc = (node_cls.__doc__ or f"the {node_cls.name} node").strip().splitlines()[0]
@@ -552,7 +561,7 @@ def run_main(node_cls, argv=None, description=None) -> int:
     except _config.ConfigError as e:
         print(f"{node_cls.name}: config error: {e}", file=sys.stderr)
         return 2
-    _log.setup(args.log_level or cfg.mesh.log_level)
+    _log.setup(args.log_level or cfg.mesh.log_level, stream=log_stream)
     log = _log.get(node_cls.name)
     try:
         node = node_cls.from_config(cfg)
