@@ -60,6 +60,7 @@ class RiskEngine:
         self._exposure_key = None
         self._last_periodic = -1e18
         self._denial_log = [0.0, 0, 0]           # window start, lines in window, suppressed
+        self._flatten_sent = {}                  # product -> monotonic time of the last exit sent
         self.counters = collections.Counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -200,20 +201,31 @@ class RiskEngine:
         return Reply(False, Code.BAD_REQUEST,
                      f"unknown kill switch action {a!r} (engage, release, status, reduce, resume)")
 
-    def _flatten(self):
+    FLATTEN_RETRY_S = 5.0
+
+    def _flatten(self, retry: bool = False):
+        """Reduce-only market exits for open positions not already covered by pending exits. On
+        entering HALTED every position; from the timer (``retry``) those whose last exit is older
+        than FLATTEN_RETRY_S (a rejected exit, or positions learnt after a restart while halted)."""
         if self.flatten is None:
             return
         intents = []
-        now_ns = self.wall_ns()
+        now, now_ns = self.clock(), self.wall_ns()
         for p, q in sorted(self.exposure.positions.items()):
             spec = self.mesh.spec(p)
             if not q or spec is None or p not in self.markets:
-                if q and p not in self.markets:
+                if q and p not in self.markets and not retry:
                     self.log.error("cannot flatten %s %s: not a product of this mesh", q, p)
                 continue
-            size = abs(q).quantize(spec.base_increment, rounding=ROUND_DOWN)
+            covering = self.exposure.pend_sell.get(p, ZERO) if q > 0 else self.exposure.pend_buy.get(p, ZERO)
+            if covering >= abs(q):
+                continue
+            if retry and now - self._flatten_sent.get(p, -1e18) < self.FLATTEN_RETRY_S:
+                continue
+            size = (abs(q) - covering).quantize(spec.base_increment, rounding=ROUND_DOWN)
             if size < spec.base_min_size:
                 continue
+            self._flatten_sent[p] = now
             intents.append(OrderIntent(p, SELL if q > 0 else BUY, "MARKET", size=size, tif="IOC",
                                        reduce_only=True, client_order_id=f"risk-flatten-{p}-{now_ns}",
                                        strategy="risk.flatten"))
@@ -406,6 +418,8 @@ class RiskEngine:
                 and now - self.exec_last_hb > self.conf.execution_heartbeat_timeout_s):
             self._execution_down(f"no execution heartbeat for {now - self.exec_last_hb:.1f} s "
                                  f"(timeout {self.conf.execution_heartbeat_timeout_s} s)")
+        if self.conf.flatten_on_halt and self.machine.state == S.HALTED:
+            self._flatten(retry=True)
         if self.exposure.expire(now, self.conf.pending_ttl_s):
             self.counters["pending_expired"] += 1
             self._publish_exposure()

@@ -308,6 +308,27 @@ def test_flatten_on_halt_builds_reduce_only_exits(tmp_path):
     assert all(i.client_order_id.startswith("risk-flatten-") for i in sent)
 
 
+def test_flatten_retries_and_covers_positions_learnt_while_halted(tmp_path):
+    sent = []
+    e = engine(tmp_path, flatten=sent.extend, flatten_on_halt=True, stale_halts=False)
+    e.command(KillSwitchCmd("engage", "restart while halted"))
+    assert sent == []                                          # no positions known yet
+    e.on_position(env(Position(P, D("0.4"), D(1), D(0), D(0), D(1), D(1), D(0))))
+    e.on_timer()
+    assert [(i.side, i.size) for i in sent] == [("SELL", D("0.40000000"))]
+    e.exposure.add_pending(sent[0].client_order_id, P, "SELL", D("0.4"), e.test_clock.t)  # approved
+    e.test_clock.t += 10
+    e.on_timer()
+    assert len(sent) == 1                                      # covered by the pending exit
+    e.exposure.on_order(env(Order(sent[0].client_order_id, "", P, "SELL", "MARKET", "IOC", D("0.4"), None,
+                                  None, False, True, "REJECTED", D(0), D(0), D(0), D(0), D(0),
+                                  Code.VENUE_REJECT, "no", "risk.flatten", "paper", 0, 0)).msg, e.test_clock.t)
+    e.on_timer()
+    assert len(sent) == 2 and sent[1].size == D("0.40000000")  # retried after the rejection
+    e.on_timer()
+    assert len(sent) == 2                                      # not again within the retry period
+
+
 def test_no_flatten_without_the_option(tmp_path):
     sent = []
     e = engine(tmp_path, flatten=sent.extend)
