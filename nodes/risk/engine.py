@@ -11,7 +11,7 @@ import logging
 import time
 from decimal import ROUND_DOWN, Decimal
 
-from proto import Code, KillSwitch, OrderIntent, Reply, RiskBand, RiskDecision, RiskExposure, topics
+from proto import Code, OrderIntent, Reply, RiskBand, RiskDecision, RiskExposure, topics
 
 from . import checks
 from . import state as S

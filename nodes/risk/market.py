@@ -10,7 +10,6 @@ from . import kernels as K
 
 ZERO = Decimal(0)
 _HALF = Decimal("0.5")
-_HUNDRED = Decimal(100)
 BUY, SELL = "BUY", "SELL"
 HALTING_FEED_STATES = ("STALE", "DISCONNECTED")
 
