@@ -281,7 +281,11 @@ def build(cls, data: dict, prefix: str):
     kwargs = {k: convert(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as e:
+        # a nested section's own checks may name the key without its table path: add it
+        msg = str(e)
+        if "." in prefix and not msg.startswith(prefix):
+            raise ConfigError(f"{prefix}.{msg}") from None
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix}: {e}") from None
