@@ -105,10 +105,9 @@ class ExecutionNode(Node):
             self.venue = PaperVenue(self.mesh.product_specs, seed=c.paper_seed,
                                     slippage_bps=c.slippage_bps, maker_fee_bps=c.maker_fee_bps,
                                     taker_fee_bps=c.taker_fee_bps)
-            for o in working:
-                if o.status != O.NEW:
-                    self.venue.restore(o)
+            interrupted = [o for o in working if o.status != O.NEW and not self.venue.restore(o)]
         else:
+            interrupted = []
             from .coinbase import CoinbaseVenue
             self.venue = CoinbaseVenue(c, self.mesh, self.secrets, post=self.call_soon, log=self.log,
                                        on_events=self._on_venue_events, on_update=self._on_venue_update)
@@ -122,6 +121,9 @@ class ExecutionNode(Node):
                 self._reject(o, Code.VENUE_UNAVAILABLE,
                              "node restarted before the paper venue acknowledged the order", now)
             # coinbase: sent but unacknowledged orders are looked up by client_order_id (reconcile)
+        for o in interrupted:       # paper: died between two fills of an immediate order
+            self._transition(o, O.CANCELLED, now, Code.VENUE_UNAVAILABLE,
+                             "node restarted while the order was executing; remainder cancelled")
         self._commit()
         if c.venue == "coinbase":
             self.venue.start([o for o in self.orders.values() if o.working])

@@ -228,10 +228,12 @@ class PaperVenue:
         self.cancels += 1
         return [Cancelled(coid, code, reason, ts)]
 
-    def restore(self, o) -> None:
-        """Re-rest an open limit order after a restart (queue position starts afresh)."""
+    def restore(self, o) -> bool:
+        """Re-rest an open GTC limit order after a restart (queue position starts afresh). False for
+        anything else: an order that was executing immediately when the node died cannot resume."""
         if o.order_type != "LIMIT" or o.tif != "GTC" or not o.remaining:
-            return
+            return False
         self._seq += 1
         self.resting[o.client_order_id] = _Resting(o.client_order_id, o.product, o.side, o.limit_price,
                                                    o.remaining, self._seq, o.venue_order_id, o.fills)
+        return True

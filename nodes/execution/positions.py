@@ -17,6 +17,7 @@ from proto import Book, Fill, PnL, Position, Tick
 ZERO = Decimal(0)
 TWO = Decimal(2)
 CTX = Context(prec=34, rounding=ROUND_HALF_EVEN)    # explicit: never the (mutable) global context
+DAY_NS = 86_400 * 1_000_000_000
 
 
 def utc_day(ts_ns: int) -> str:
@@ -81,7 +82,7 @@ class PositionBook:
         self.positions: dict = {}
         self.day = None                 # UTC day the daily PnL refers to
         self.day_start_equity = self.starting_equity
-        self.last_ts = 0
+        self._next_day_ns = 0           # first ns of the day after the last one seen
 
     def _pos(self, product) -> ProductPosition:
         p = self.positions.get(product)
@@ -92,11 +93,10 @@ class PositionBook:
     # --- inputs -----------------------------------------------------------------------------
     def roll(self, ts_ns: int) -> bool:
         """Start a new UTC day if ``ts_ns`` is in one; True when the baseline was reset."""
-        if ts_ns <= 0:
+        if ts_ns < self._next_day_ns or ts_ns <= 0:      # the hot path: same day
             return False
-        if ts_ns > self.last_ts:
-            self.last_ts = ts_ns
         d = utc_day(ts_ns)
+        self._next_day_ns = (ts_ns // DAY_NS + 1) * DAY_NS
         if self.day is None or d > self.day:
             self.day = d
             self.day_start_equity = self.equity
@@ -122,6 +122,8 @@ class PositionBook:
 
     def restore_day(self, day: str, start_equity: Decimal) -> None:
         self.day, self.day_start_equity = day, Decimal(start_equity)
+        start = _dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=_dt.timezone.utc)
+        self._next_day_ns = int(start.timestamp()) * 1_000_000_000 + DAY_NS
 
     # --- outputs ----------------------------------------------------------------------------
     @property

@@ -18,7 +18,7 @@ from nodes.execution import ExecutionConfig, ExecutionNode
 from nodes.execution.journal import Journal, read_records, rebuild
 from nodes.execution.orders import OrderState
 from nodes.execution.positions import PositionBook
-from proto import Code, OrderIntent, Query
+from proto import Code, Fill, OrderIntent, Query
 from tests.conftest import make_mesh, wait_until
 from tests.integration.test_exec_support import Publisher, RiskResponder, book, topics, trade
 
@@ -161,7 +161,8 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(short_tmp, ctx)
 
 def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp, ctx):
     """NEW orders in the journal: never risk-approved -> RISK_UNAVAILABLE; sent to the paper venue
-    but not acknowledged -> VENUE_UNAVAILABLE. Neither is sent again."""
+    but not acknowledged -> VENUE_UNAVAILABLE; an immediate order cut between two fills -> the rest is
+    CANCELLED (its fill stays booked). Nothing is sent again."""
     mesh = make_mesh("inproc", short_tmp)
     path = mesh.state_path("execution", "paper.journal")
     j = Journal(path)
@@ -170,6 +171,11 @@ def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp
         o = OrderState.from_intent(OrderIntent(BTC, "BUY", "MARKET", size=D("1"), client_order_id=coid), "paper", 1)
         o.sent = sent
         j.order(o, 1)
+    # died between the two fills of a market order walking the book
+    o = OrderState.from_intent(OrderIntent(BTC, "BUY", "MARKET", size=D("1"), client_order_id="walk"), "paper", 1)
+    o.sent, o.venue_order_id, o.status = True, "paper-1", "PARTIALLY_FILLED"
+    o.apply_fill(D("65010"), D("0.5"), D("1"))
+    j.fill(o, Fill("paper-1-1", "walk", BTC, "BUY", D("65010"), D("0.5"), D("1"), "TAKER", "paper"), 1)
     j.close()
     node = ExecutionNode(mesh, ExecutionConfig(), context=ctx).start()
     try:
@@ -177,8 +183,11 @@ def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp
             a, b = c.call(Query("order", "unsent")), c.call(Query("order", "sent"))
             assert (a.status, a.code) == ("REJECTED", Code.RISK_UNAVAILABLE) and "before risk answered" in a.reason
             assert (b.status, b.code) == ("REJECTED", Code.VENUE_UNAVAILABLE) and "acknowledged" in b.reason
+            w = c.call(Query("order", "walk"))
+            assert (w.status, w.code, w.filled_size) == ("CANCELLED", Code.VENUE_UNAVAILABLE, D("0.5"))
+            assert c.call(Query("positions"))[0].qty == D("0.5") and c.call(Query("orders")) == []
             assert node.venue.submitted == 0
     finally:
         node.stop()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert [r["o"]["status"] for r in lines if r["k"] == "order"][-2:] == ["REJECTED", "REJECTED"]
+    assert [r["o"]["status"] for r in lines if r["k"] == "order"][-3:] == ["REJECTED", "REJECTED", "CANCELLED"]
