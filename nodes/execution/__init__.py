@@ -25,7 +25,7 @@ from proto import (Book, CancelAll, CancelOrder, Code, Fill, KillSwitch, OrderIn
 
 from . import orders as O
 from .config import ExecutionConfig, check_live
-from .journal import Journal, JournalError, rebuild
+from .journal import Journal, JournalError, compacted, rebuild
 from .orders import (Accepted, Cancelled, Completed, Filled, OrderState, Rejected,
                      derive_client_order_id, same_intent, validate_intent)
 from .paper import PaperVenue
@@ -90,12 +90,16 @@ class ExecutionNode(Node):
         for o in self.orders.values():
             if o.venue_order_id:
                 self.by_venue_id[o.venue_order_id] = o.client_order_id
+        if rb.book is not None:
+            self.book.restore(rb.book)
         for f, ts in rb.fills:
             self.fill_ids.add(f.fill_id)
             self.book.apply_fill(f, ts)
         if rb.day is not None and rb.day[0] >= (self.book.day or ""):
             self.book.restore_day(*rb.day)
         self._roll(time.time_ns())
+        if c.journal_compact_records and len(records) > c.journal_compact_records:
+            self._compact(rb, len(records))
         working = [o for o in self.orders.values() if o.working]
         self.log.info("journal %s: %d records, %d orders (%d working), %d fills", self.journal.path,
                       len(records), len(self.orders), len(working), len(rb.fills))
@@ -127,6 +131,18 @@ class ExecutionNode(Node):
         self._commit()
         if c.venue == "coinbase":
             self.venue.start([o for o in self.orders.values() if o.working])
+
+    def _compact(self, rb, n):
+        """Rewrite the journal: a positions snapshot + the orders worth remembering."""
+        now = time.time_ns()
+        keep_since = now - self.conf.journal_keep_days * 86_400 * 1_000_000_000
+        day = (self.book.day, self.book.day_start_equity) if self.book.day else rb.day
+        recs = compacted(rb._replace(day=day), self.book.to_plain(), keep_since, now)
+        self.journal.rewrite(recs)
+        kept = {r["o"]["client_order_id"] for r in recs if r["k"] == "order"}
+        self.orders = {k: o for k, o in self.orders.items() if k in kept}
+        self.by_venue_id = {v: k for v, k in self.by_venue_id.items() if k in kept}
+        self.log.info("journal compacted: %d records -> %d (%d orders kept)", n, len(recs), len(kept))
 
     def teardown(self):
         if self.venue is not None and hasattr(self.venue, "stop"):

@@ -14,6 +14,8 @@ class ExecutionConfig:
     risk_timeout_ms: int = 50                # deadline of the pre-trade risk check (fail closed)
     journal: str = ""                        # "" -> <state_dir>/execution/<venue>.journal
     journal_fsync: bool = True               # fsync the journal before anything leaves the node
+    journal_compact_records: int = 200_000   # at start, rewrite a journal longer than this (0: never)
+    journal_keep_days: int = 7               # compaction keeps finished orders this recent
     pnl_interval_s: float = 1.0              # Position / PnL publication period
     starting_equity: Decimal = Decimal("100000")
     # paper venue
@@ -51,6 +53,8 @@ class ExecutionConfig:
                     "backoff_base_s", "backoff_max_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"execution.{key}: must be > 0")
+        if self.journal_compact_records < 0 or self.journal_keep_days < 0:
+            raise ConfigError("execution.journal_compact_records / journal_keep_days: must be >= 0")
         if self.max_retries < 0:
             raise ConfigError("execution.max_retries: must be >= 0")
         if "://" in self.rest_base_url or "/" in self.rest_base_url or not self.rest_base_url:

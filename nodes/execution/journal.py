@@ -7,11 +7,13 @@ truncates away). Records::
     {"k":"order","ts":..,"o":{OrderState}}                 the order's whole state after a change
     {"k":"fill","ts":..,"o":{OrderState},"f":{Fill}}       one execution and the order after it
     {"k":"day","ts":..,"day":"YYYY-MM-DD","start_equity":"..."}   daily PnL baseline
+    {"k":"positions","ts":..,"book":{...}}                 compaction snapshot of the positions
 
 The first record of an order (status NEW, ``sent`` false) is its intent, written before risk is
 asked; a record with ``sent`` true is written and synced *before* the order goes to the venue. The
 last record of an order wins. ``rebuild()`` turns the records back into orders, fills and the day.
-The file is locked (flock) so a second execution process cannot write to it.
+The file is locked (flock) so a second execution process cannot write to it. When it grows past
+``journal_compact_records`` the node rewrites it at start (``compacted`` + ``Journal.rewrite``).
 """
 import fcntl
 import json
@@ -95,6 +97,33 @@ class Journal:
                 self.syncs += 1
             self._dirty = False
 
+    def rewrite(self, records: list) -> None:
+        """Replace the journal with ``records`` atomically (temp file, fsync, rename, fsync the
+        directory) and go on appending to the new file under a lock. A crash at any point leaves
+        either the old journal or the new one, whole."""
+        tmp = self.path.with_name(self.path.name + ".compact")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            os.close(fd)
+            raise
+        old, self._fd = self._fd, fd
+        os.close(old)            # the old inode (and its lock) goes away
+        self.records = len(records)
+        self._dirty = False
+
     def close(self) -> None:
         if self._fd is not None:
             try:
@@ -114,6 +143,19 @@ class Journal:
         self.append({"k": "day", "ts": ts, "day": day, "start_equity": str(start_equity)})
 
 
+def compacted(rb: "Rebuilt", book_plain: dict, keep_since_ns: int, ts: int) -> list:
+    """The records of a compacted journal: one ``positions`` snapshot (replacing every fill so
+    far), the day baseline, and the last state of every working order and of every order updated
+    since ``keep_since_ns`` (older finished orders are forgotten: their ids stop being duplicates)."""
+    out = [{"k": "positions", "ts": ts, "book": book_plain}]
+    if rb.day is not None:
+        out.append({"k": "day", "ts": ts, "day": rb.day[0], "start_equity": str(rb.day[1])})
+    for o in rb.orders.values():
+        if o.working or o.updated_ns >= keep_since_ns:
+            out.append({"k": "order", "ts": o.updated_ns, "o": o.to_plain()})
+    return out
+
+
 def read_records(path) -> list:
     """Read-only view of a journal (no lock; a torn last line is ignored): tools and tests."""
     with open(path, "rb") as f:
@@ -125,8 +167,9 @@ def read_records(path) -> list:
 
 class Rebuilt(NamedTuple):
     orders: dict        # coid -> OrderState (last state; insertion order = creation order)
-    fills: list         # [(Fill, ts)] in journal order
+    fills: list         # [(Fill, ts)] in journal order, after the positions snapshot if any
     day: tuple          # (day, start_equity) of the last day record, or None
+    book: dict = None   # the positions snapshot of a compacted journal (PositionBook.to_plain)
 
 
 def fill_from_plain(d: dict) -> Fill:
@@ -137,10 +180,12 @@ def fill_from_plain(d: dict) -> Fill:
 def rebuild(records) -> Rebuilt:
     """Pure: the orders, fills and daily baseline the records describe. Duplicate fill ids (which
     the node never writes) are ignored so that a fill can never count twice."""
-    orders, fills, seen, day = {}, [], set(), None
+    orders, fills, seen, day, book = {}, [], set(), None, None
     for rec in records:
         k = rec.get("k")
-        if k in ("order", "fill"):
+        if k == "positions":            # a compaction snapshot: the fills before it are in it
+            book, fills = rec["book"], []
+        elif k in ("order", "fill"):
             o = OrderState.from_plain(rec["o"])
             orders[o.client_order_id] = o
             if k == "fill":
@@ -150,4 +195,4 @@ def rebuild(records) -> Rebuilt:
                     fills.append((f, int(rec["ts"])))
         elif k == "day":
             day = (rec["day"], Decimal(rec["start_equity"]))
-    return Rebuilt(orders, fills, day)
+    return Rebuilt(orders, fills, day, book)

@@ -162,6 +162,20 @@ class PositionBook:
     def snapshot(self) -> list:
         return [p.to_proto() for p in self.traded()]
 
+    # --- snapshot (journal compaction) ------------------------------------------------------
+    def to_plain(self) -> dict:
+        """Everything but the marks (a restart has none until market data arrives)."""
+        return {"starting_equity": str(self.starting_equity),
+                "positions": [{"product": p.product, "qty": str(p.qty), "avg_cost": str(p.avg_cost),
+                               "realized": str(p.realized), "fees": str(p.fees), "fills": p.fills}
+                              for p in self.positions.values() if p.fills]}
+
+    def restore(self, d: dict) -> None:
+        for x in d["positions"]:
+            p = self._pos(x["product"])
+            p.qty, p.avg_cost = Decimal(x["qty"]), Decimal(x["avg_cost"])
+            p.realized, p.fees, p.fills = Decimal(x["realized"]), Decimal(x["fees"]), int(x["fills"])
+
     # --- rebuild ------------------------------------------------------------------------------
     def on_envelope(self, env) -> None:
         """Apply one stored event: Fill (ts_event = execution time), Tick/Book (marks, ts_recv)."""

@@ -191,3 +191,45 @@ def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp
         node.stop()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["o"]["status"] for r in lines if r["k"] == "order"][-3:] == ["REJECTED", "REJECTED", "CANCELLED"]
+
+
+def test_journal_compaction_at_start_keeps_positions_and_working_orders(short_tmp, ctx):
+    from tests.integration.test_exec_support import Publisher, RiskResponder, book, trade
+    mesh = make_mesh("inproc", short_tmp)
+    risk = RiskResponder(ctx, mesh)
+    md = Publisher(ctx, mesh, "marketdata")
+    conf = ExecutionConfig(journal_compact_records=10, journal_keep_days=1)
+
+    def run(fn):
+        node = ExecutionNode(mesh, conf, context=ctx).start()
+        try:
+            with RequestClient.for_node(mesh, "execution", context=ctx, timeout_ms=2000) as c:
+                md.until(topics.book(BTC), book(), lambda: BTC in node.venue.books)
+                return fn(node, c)
+        finally:
+            node.stop()
+    try:
+        def trade_some(node, c):
+            for i in range(4):
+                c.call(OrderIntent(BTC, "BUY" if i % 2 else "SELL", "MARKET", size=D("0.1"), client_order_id=f"m{i}"))
+            c.call(OrderIntent(BTC, "BUY", "LIMIT", size=D("1"), limit_price=D("64000"), client_order_id="rest"))
+            return c.call(Query("positions")), c.call(Query("pnl")), node.journal.records
+        pos, pnl, n = run(trade_some)
+        assert n > 10
+
+        def after(node, c):
+            assert node.journal.records < n
+            assert [o.client_order_id for o in c.call(Query("orders"))] == ["rest"]
+            assert c.call(Query("order", "m0")).status == "FILLED"          # recent: kept
+            md.send(topics.trade(BTC), trade(price="63000", size="1"))
+            wait_until(lambda: c.call(Query("order", "rest")).status == "FILLED")
+            return c.call(Query("positions")), c.call(Query("pnl"))
+        pos2, pnl2 = run(after)
+        assert pos2[0].qty == pos[0].qty + 1 and pos2[0].realized_pnl == pos[0].realized_pnl - D("256")
+        pos3, pnl3 = run(lambda node, c: (c.call(Query("positions")), c.call(Query("pnl"))))
+        assert [(p.qty, p.avg_cost, p.realized_pnl, p.fees) for p in pos3] == \
+            [(p.qty, p.avg_cost, p.realized_pnl, p.fees) for p in pos2]
+        assert pnl3.realized == pnl2.realized
+    finally:
+        risk.close()
+        md.close()

@@ -5,7 +5,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from nodes.execution.journal import Journal, JournalError, rebuild
+from nodes.execution.journal import Journal, JournalError, read_records, rebuild
 from nodes.execution.orders import OrderState
 from proto import Fill, OrderIntent
 
@@ -92,3 +92,42 @@ def test_sync_only_when_dirty(tmp_path):
     j.sync()
     assert j.syncs == 1 and j.records == 1
     j.close()
+
+
+def test_compaction_keeps_positions_working_and_recent_orders(tmp_path):
+    from nodes.execution.journal import compacted
+    from nodes.execution.positions import PositionBook
+    p = tmp_path / "x.journal"
+    j = Journal(p)
+    j.open()
+    book = PositionBook(D("1000"))
+    old = order("old", status="FILLED", sent=True, updated_ns=10)
+    old.apply_fill(D("100"), D("1"), D("0.5"))
+    f1 = Fill("v-1", "old", "BTC-USD", "BUY", D("100"), D("1"), D("0.5"), "TAKER", "paper")
+    j.fill(old, f1, 10)
+    book.apply_fill(f1, 10)
+    work = order("work", status="ACCEPTED", sent=True, updated_ns=20)
+    j.order(work, 20)
+    recent = order("recent", status="CANCELLED", updated_ns=30)
+    j.order(recent, 30)
+    j.day("2026-03-01", D("1000"), 30)
+    j.sync()
+    rb = rebuild(read_records(p))
+    recs = compacted(rb, book.to_plain(), keep_since_ns=25, ts=40)
+    j.rewrite(recs)
+    j.order(order("after", status="NEW"), 50)                # appends go to the new file
+    f2 = Fill("w-1", "work", "BTC-USD", "SELL", D("110"), D("0.4"), D("0.1"), "MAKER", "paper")
+    work.apply_fill(D("110"), D("0.4"), D("0.1"))
+    j.fill(work, f2, 60)
+    with pytest.raises(JournalError, match="locked"):         # the lock moved to the new file
+        Journal(p).open()
+    j.close()
+    rb2 = rebuild(read_records(p))
+    assert list(rb2.orders) == ["work", "recent", "after"] and rb2.day == ("2026-03-01", D("1000"))
+    again = PositionBook(D("1000"))
+    again.restore(rb2.book)
+    for f, ts in rb2.fills:
+        again.apply_fill(f, ts)
+    book.apply_fill(f2, 60)
+    assert again.position("BTC-USD") == book.position("BTC-USD") and again.pnl().realized == book.pnl().realized
+    assert not (tmp_path / "x.journal.compact").exists()
