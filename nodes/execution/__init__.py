@@ -234,7 +234,9 @@ class ExecutionNode(Node):
             self._reject(o, bad[0], bad[1], now)           # nothing asked, nothing sent
             self._commit()
             return self._reply(o)
-        self._commit()
+        # order.new goes out now; its record is fsync'd with the "sent" one below (if power fails
+        # before that, the order never left the node: nothing to remember)
+        self._commit(sync=False)
         ok, code, reason = self._ask_risk(intent)
         now = time.time_ns()
         if not ok:
@@ -483,9 +485,10 @@ class ExecutionNode(Node):
     def _emit(self, topic, msg, ts):
         self._out.append((topic, msg, ts))
 
-    def _commit(self, pnl: bool = False):
+    def _commit(self, pnl: bool = False, sync: bool = True):
         """Journal first (fsync), then the world hears about it."""
-        self.journal.sync()
+        if sync:
+            self.journal.sync()
         out, self._out = self._out, []
         for topic, msg, ts in out:
             self._publish_safe(topic, msg, ts)

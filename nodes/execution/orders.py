@@ -184,7 +184,7 @@ class OrderState:
             "last_fill_size", "last_fill_price")
 
     def to_plain(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {k: getattr(self, k) for k in _FIELDS}        # flat: no deep copy (asdict is slow)
         for k in self._DEC:
             d[k] = _s(d[k])
         return d
@@ -197,6 +197,9 @@ class OrderState:
                 d[k] = _dec(d[k])
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(OrderState))
 
 
 # --- client order ids -----------------------------------------------------------------------------

@@ -14,12 +14,11 @@ import pytest
 
 from nodes.client import RequestClient
 from nodes.config import ROOT, Secret
-from nodes.execution import ExecutionConfig, ExecutionNode
+from nodes.execution import ExecutionConfig
 from nodes.execution.journal import read_records
-from nodes.runtime import NodeStartError
 from proto import CancelOrder, Code, OrderIntent, Query
 from tests.conftest import make_mesh, wait_until
-from tests.integration.test_exec_support import RiskResponder, topics
+from tests.integration.test_exec_support import RiskResponder, start_node, topics
 from tools.fakecoinbase.rest import FakeExchange, RestServer, make_api_key
 from tools.fakecoinbase.user import UserChannelServer
 
@@ -53,15 +52,7 @@ def live(fake, ctx, collector, short_tmp):
         secrets = {"TICKMESH_LIVE": Secret("yes"), "COINBASE_API_KEY": Secret(fake.name),
                    # one line with literal \n, as in conf/secrets.env
                    "COINBASE_API_SECRET": Secret(fake.pem.replace("\n", "\\n"))}
-        deadline = time.monotonic() + 3
-        while True:     # a restart: the old node's inproc PUB may still be lingering in the zmq reaper
-            try:
-                node = ExecutionNode(mesh, ExecutionConfig(**conf), context=ctx, secrets=secrets).start()
-                break
-            except NodeStartError as e:
-                if "Address already in use" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        node = start_node(mesh, ExecutionConfig(**conf), ctx, secrets=secrets)
         made.append(node)
         if conf.get("use_user_ws", True):
             wait_until(lambda: node.venue.ws_healthy, 5, what="user channel subscribed")

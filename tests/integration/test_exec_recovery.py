@@ -194,14 +194,14 @@ def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp
 
 
 def test_journal_compaction_at_start_keeps_positions_and_working_orders(short_tmp, ctx):
-    from tests.integration.test_exec_support import Publisher, RiskResponder, book, trade
+    from tests.integration.test_exec_support import Publisher, RiskResponder, book, start_node, trade
     mesh = make_mesh("inproc", short_tmp)
     risk = RiskResponder(ctx, mesh)
     md = Publisher(ctx, mesh, "marketdata")
     conf = ExecutionConfig(journal_compact_records=10, journal_keep_days=1)
 
     def run(fn):
-        node = ExecutionNode(mesh, conf, context=ctx).start()
+        node = start_node(mesh, conf, ctx)
         try:
             with RequestClient.for_node(mesh, "execution", context=ctx, timeout_ms=2000) as c:
                 md.until(topics.book(BTC), book(), lambda: BTC in node.venue.books)

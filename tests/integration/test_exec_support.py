@@ -95,6 +95,21 @@ class Publisher:
         self.sock.close(linger=0)
 
 
+def start_node(mesh, conf, ctx, **kw):
+    """Start an ExecutionNode; on a restart in the same process the previous node's inproc PUB can
+    still be lingering in the zmq reaper for a moment (EADDRINUSE): retry until a deadline."""
+    from nodes.execution import ExecutionNode
+    from nodes.runtime import NodeStartError
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            return ExecutionNode(mesh, conf, context=ctx, **kw).start()
+        except NodeStartError as e:
+            if "Address already in use" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def book(product="BTC-USD", bids=(("64990", "1"), ("64980", "2")), asks=(("65010", "0.5"), ("65020", "1"))):
     return Book(product, [[D(p), D(s)] for p, s in bids], [[D(p), D(s)] for p, s in asks])
 
@@ -112,4 +127,4 @@ def killswitch(engaged=True, reason="test"):
     return KillSwitch(engaged, reason, "manual", time.time_ns())
 
 
-__all__ = ["RiskResponder", "Publisher", "book", "tick", "trade", "killswitch", "topics", "D"]
+__all__ = ["RiskResponder", "Publisher", "start_node", "book", "tick", "trade", "killswitch", "topics", "D"]
