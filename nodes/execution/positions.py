@@ -64,7 +64,7 @@ class ProductPosition:
                 self.realized += (price - self.avg_cost) * closed * direction
                 new_q = q + signed
                 if new_q == 0:
-                    self.avg_cost = ZERO
+                    self.avg_cost = new_q = ZERO           # flat: a clean 0, not 0E-8
                 elif (new_q > 0) != (q > 0):                # flipped: the rest opens at the fill price
                     self.avg_cost = price
                 self.qty = new_q
