@@ -315,6 +315,13 @@ class Node:
             if s is not None:
                 s.close(linger=0)
         if self.pub is not None:
+            if self.mesh.transport == "inproc":
+                # release the name at once so a node restarted in this process can bind it; inproc
+                # messages already sit in the subscribers' pipes, so nothing published is lost
+                try:
+                    self.pub.unbind(self.mesh.endpoint(self.instance, "pub"))
+                except zmq.ZMQError:
+                    pass
             self.pub.close()   # bounded linger (mesh.pub_linger_ms): the unsent tail is flushed
         self.sub = self.rep = self.pub = None
         if self._auth_holds:
