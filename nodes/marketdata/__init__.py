@@ -82,6 +82,11 @@ class MarketDataNode(Node):
         self._resnap_timer = False
         self._closing = threading.Event()
         self._inflight = threading.BoundedSemaphore(INFLIGHT_BATCHES)
+        lockstep = c.lockstep
+        if lockstep is None:
+            lockstep = c.source == "replay" and mesh.transport == "inproc"
+        self.lockstep = bool(lockstep) and c.source in ("synthetic", "replay")
+        self._barrier = None
         self._ev = {Frame: self._on_frame, TickEv: self._on_tick, TradeEv: self._on_trade, L2Ev: self._on_l2,
                     Gap: self._on_gap, HeartbeatEv: _ignore, Ack: self._on_ack, ErrorFrame: self._on_error_frame,
                     ParseError: self._on_parse_error, OutOfOrder: self._on_out_of_order,
@@ -107,10 +112,19 @@ class MarketDataNode(Node):
             t0 = time.monotonic()
             self.source.stop(0.8)
             self.log.info("%s source stopped in %.3f s", self.source.kind, time.monotonic() - t0)
+        if self._barrier is not None:
+            th = getattr(self.source, "_thread", None)
+            if th is not None and th.is_alive():
+                self.log.error("lockstep sockets left open: the source thread is still running")
+            else:
+                self._barrier.close()   # its sockets belong to the (now ended) source thread
 
     def _make_source(self):
         c = self.conf
         store_raw = c.store_raw
+        if self.lockstep:
+            from .lockstep import Barrier
+            self._barrier = Barrier(self)
         if c.source == "synthetic":
             from .synthetic import SyntheticSource
             return SyntheticSource(c, self.products, self._emit, self.log, specs=self.mesh.product_specs,
@@ -139,6 +153,8 @@ class MarketDataNode(Node):
         Returns False once the node is stopping."""
         if self._closing.is_set():
             return False
+        if wait and self.lockstep:
+            return self._emit_lockstep(batch)
         if wait:
             while not self._inflight.acquire(timeout=0.1):
                 if self._closing.is_set() or self._stopping:
@@ -147,6 +163,29 @@ class MarketDataNode(Node):
         else:
             self.call_soon(self._on_batch, batch, False)
         return True
+
+    def _emit_lockstep(self, batch) -> bool:
+        """Source thread: one event at a time; after each one that published something, wait
+        until the mesh is idle (see lockstep.py)."""
+        stopping = lambda: self._closing.is_set() or self._stopping  # noqa: E731
+        for ev in batch:
+            done = threading.Event()
+            before = self.counters["published"]
+            self.call_soon(self._on_one, ev, done)
+            while not done.wait(0.1):
+                if stopping():
+                    self._barrier.close()
+                    return False
+            if self.counters["published"] != before and not self._barrier.wait_idle(stopping):
+                self._barrier.close()       # here, in the thread that owns its sockets
+                return False
+        return True
+
+    def _on_one(self, ev, done):
+        try:
+            self._on_batch((ev,), False)
+        finally:
+            done.set()
 
     def _on_batch(self, batch, release: bool):
         try:
@@ -391,6 +430,8 @@ class MarketDataNode(Node):
         self.fc["books"] += 1
 
     def _flush_books(self, force: bool = False):
+        if self.lockstep and not force:
+            return          # wall-clock flushes would make a lockstep run differ from the next
         now = time.monotonic()
         for p, book in self.books.items():
             if book.dirty and book.valid and (force or now - self.health[p].book_pub_wall >= self._book_period):
@@ -417,7 +458,10 @@ class MarketDataNode(Node):
                         "age_s": round(now - h.last_msg, 3) if h.last_msg else None,
                         "book_levels": list(b.depth()), "best_bid": bb[0] if bb else None,
                         "best_ask": ba[0] if ba else None}
+        b = self._barrier
         return {"source": self.source.info() if self.source else {"source": self.conf.source},
+                "lockstep": {"on": self.lockstep, "waits": b.waits, "rounds": b.rounds, "timeouts": b.timeouts}
+                if b else {"on": False},
                 "conn": self.conn, "connected": self.connected, "products": prods,
                 "msgs": dict(self.msgs), "counters": dict(self.fc), "last_error_frame": self.last_error_frame}
 

@@ -4,6 +4,7 @@ Every key is documented in ``conf/mesh.toml``. ``COINBASE_WS_URL`` and ``USE_OFF
 ``ws_url`` / ``use_official_sdk`` (mapped in ``nodes.config.ENV_KEYS``).
 """
 import dataclasses
+from typing import Optional
 
 from nodes.config import ConfigError
 
@@ -49,6 +50,9 @@ class MarketDataConfig:
     replay_file: str = ""                             # store JSON Lines file (relative: to mesh.state_dir)
     replay_speed: str = "1"                           # "1" recorded pace, "10" ten times faster, "max"
     store_raw: bool = False                           # also publish every exchange frame as RawFrame on raw.coinbase
+    # synthetic/replay: publish one event at a time and wait until every node that answers requests
+    # has processed it (and what it caused) before the next; None = on for a replay over inproc
+    lockstep: Optional[bool] = None
 
     def __post_init__(self):
         if self.source not in SOURCES:

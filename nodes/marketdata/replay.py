@@ -38,6 +38,7 @@ class ReplaySource:
         self.log = log
         self.path = path
         self.speed = conf.speed
+        self.batch = BATCH
         self._stop = threading.Event()
         self._thread = None
         self.mode = ""
@@ -135,7 +136,7 @@ class ReplaySource:
                     self.used += 1
                 else:
                     self.skipped += 1
-                if len(batch) >= BATCH:
+                if len(batch) >= self.batch:
                     if not self.emit(batch, wait=True):
                         return
                     batch = []
