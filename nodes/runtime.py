@@ -471,6 +471,11 @@ class Node:
                                      Reply(False, Code.BAD_REQUEST, "expected one payload frame"))
                 continue
             head, payload = frames[:-1], frames[-1]
+            # events published before this request was sent must be handled before it: the SUB may
+            # hold them without the poller having said so yet (seen on inproc), so drain it first
+            sub = self.sub
+            if sub is not None and sub.get(zmq.EVENTS) & zmq.POLLIN:
+                self._drain_sub()
             try:
                 env = proto.decode(payload)
             except DecodeError as e:
