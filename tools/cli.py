@@ -6,6 +6,7 @@
                                                             keys, fakecoinbase, ...)
 """
 import importlib
+import importlib.util
 import pkgutil
 import sys
 
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
         mod = "nodes.offline"
     elif cmd in _tools():
         mod = f"tools.{cmd}"
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.submodule_search_locations:    # a package: its __main__
+            mod += ".__main__"
     else:
         print(f"tickmesh: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
         return 2
