@@ -39,6 +39,8 @@ SIDES = ("BUY", "SELL")
 ORDER_TYPES = ("MARKET", "LIMIT")
 TIFS = ("GTC", "IOC", "FOK")
 ZERO = Decimal(0)
+ABSURD_MAX = Decimal("1e12")      # no size, quote size or price on any venue is this large (as risk)
+MIN_EXPONENT = -18                # nor has more than 18 decimal places
 
 
 class IllegalTransition(ValueError):
@@ -207,6 +209,8 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(OrderState))
 def _canon(d: Optional[Decimal]) -> str:
     if d is None:
         return ""
+    if not -40 <= d.adjusted() <= 40:   # absurd (validate_intent rejects it): its text, never expanded
+        return str(d)
     d = d.normalize()
     return format(d, "f")
 
@@ -247,8 +251,13 @@ def validate_intent(intent: OrderIntent, spec) -> Optional[tuple]:
         return bad, f"tif must be GTC, IOC or FOK, got {intent.tif!r}"
     for name in ("size", "quote_size", "limit_price"):
         v = getattr(intent, name)
-        if v is not None and v <= 0:
-            return bad, f"{name} must be > 0, got {v}"
+        if v is not None:
+            if v <= 0:
+                return bad, f"{name} must be > 0, got {v}"
+            if v > ABSURD_MAX:
+                return bad, f"{name} {v} is absurdly large (> {ABSURD_MAX})"
+            if v.as_tuple().exponent < MIN_EXPONENT:
+                return bad, f"{name} {v} has more than {-MIN_EXPONENT} decimal places"
     if intent.order_type == "MARKET":
         if (intent.size is None) == (intent.quote_size is None):
             return bad, "a market order needs exactly one of size (base) or quote_size"

@@ -275,12 +275,15 @@ class Exposure:
             return True
         if p is None:
             # a working order risk did not approve in this run (e.g. before a restart): count it
+            from .checks import ABSURD_MAX
             if o.size is not None:
                 size = o.size
-            elif o.quote_size is not None and mark:
+            elif o.quote_size is not None and mark and o.quote_size <= ABSURD_MAX:
                 size = o.quote_size / mark
             else:
                 return False
+            if not ZERO < size <= ABSURD_MAX:
+                return False        # no venue takes it (execution and risk reject it): not exposure
             p = Pending(o.product, o.side, size, now, seen=True)
             p.order_filled = o.filled_size
             p.remaining = p.recompute()
