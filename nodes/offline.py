@@ -188,6 +188,11 @@ def build_config(args):
             cfg = cfg.replace("marketdata", lockstep=args.lockstep)
         except (TypeError, ImportError, ModuleNotFoundError):
             pass
+    if src.startswith("replay:"):
+        try:   # throttle by the recording's clock: the same orders pass at any replay speed
+            cfg = cfg.replace("risk", rate_clock="market")
+        except (TypeError, ImportError, ModuleNotFoundError):
+            pass
     try:
         cfg = cfg.replace("strategy", seed=args.seed)
     except (TypeError, ImportError, ModuleNotFoundError):

@@ -100,7 +100,9 @@ VOLATILE = frozenset({"created_ns", "updated_ns", "origin_ns", "since_ns", "comp
 def digest(files, prefixes=DIGEST_TOPICS) -> tuple:
     """``(sha256 hex, number of events)`` of the events on ``prefixes``, normalised: per topic in
     file order; envelope kept: topic, type, source; body kept without ``VOLATILE`` fields; client
-    order ids replaced by their order of first appearance (``#1``, ``#2``, ...)."""
+    order ids replaced by their order of first appearance (``#1``, ``#2``, ...); a repeat of the
+    previous event of the same topic (a periodic republish of an unchanged state, timed by the wall
+    clock) is counted once."""
     import hashlib
     import json
     files = [files] if isinstance(files, str) else list(files)
@@ -111,8 +113,11 @@ def digest(files, prefixes=DIGEST_TOPICS) -> tuple:
             body.pop(k, None)
         if "client_order_id" in body:
             body["client_order_id"] = coids.setdefault(body["client_order_id"], f"#{len(coids) + 1}")
-        per_topic.setdefault(env.topic, []).append(
-            json.dumps([env.topic, env.msg.TAG, env.source, body], sort_keys=True, separators=(",", ":")))
+        line = json.dumps([env.topic, env.msg.TAG, env.source, body], sort_keys=True, separators=(",", ":"))
+        lines = per_topic.setdefault(env.topic, [])
+        if lines and lines[-1] == line:
+            continue     # a periodic republish of an unchanged state (position/pnl every second)
+        lines.append(line)
         n += 1
     h = hashlib.sha256()
     for topic in sorted(per_topic):

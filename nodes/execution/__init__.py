@@ -74,6 +74,9 @@ class ExecutionNode(Node):
         self.queries.update(orders=self._q_orders, order=self._q_order, positions=self._q_positions,
                             pnl=self._q_pnl)
         self.every(c.pnl_interval_s, self._periodic)
+        self._pub_interval_ns = max(1, int(c.pnl_interval_s * 1e9))
+        self._next_market_pub = 0
+        self._last_market_pub = 0.0
 
     def journal_path(self):
         return self.mesh.state_path(self.conf.journal or f"execution/{self.conf.venue}.journal")
@@ -168,6 +171,7 @@ class ExecutionNode(Node):
             self._mark(m.product, mid(m.bid, m.ask), env.ts_recv)
         if self.conf.venue == "paper":
             self.venue.on_tick(m, env.ts_recv)
+        self._market_clock(env.ts_event)
 
     def _on_book(self, env):
         m = env.msg
@@ -175,6 +179,20 @@ class ExecutionNode(Node):
             self._mark(m.product, mid(m.bids[0][0], m.asks[0][0]), env.ts_recv)
         if self.conf.venue == "paper":
             self.venue.on_book(m, env.ts_recv)
+        self._market_clock(env.ts_event)
+
+    def _market_clock(self, ts_event):
+        """Positions and PnL every ``pnl_interval_s`` of *market* time (exchange timestamps): a
+        replay then publishes the same marks at the same points whatever its speed. The wall-clock
+        timer (``_periodic``) only covers a silent feed."""
+        nxt = self._next_market_pub
+        if ts_event < nxt:
+            return
+        iv = self._pub_interval_ns
+        self._next_market_pub = ts_event - ts_event % iv + iv
+        if nxt:
+            self._last_market_pub = time.monotonic()
+            self._publish_periodic(ts_event)
 
     def _on_trade(self, env):
         if self.conf.venue == "paper" and self.venue.resting:
@@ -509,7 +527,11 @@ class ExecutionNode(Node):
             self.journal.day(self.book.day, self.book.day_start_equity, ts)
 
     def _periodic(self):
-        now = time.time_ns()
+        if time.monotonic() - self._last_market_pub < self.conf.pnl_interval_s:
+            return                      # the market clock published within the interval
+        self._publish_periodic(time.time_ns())
+
+    def _publish_periodic(self, now):
         self._roll(now)
         for p in self.book.traded():
             self._dirty.add(p.product)

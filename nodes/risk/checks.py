@@ -335,7 +335,7 @@ def check_gross(g, c):
 
 def check_rate(g, c):
     w = g.approvals
-    horizon = c.now - 1.0
+    horizon = g.rate_clock() - 1.0
     while w and w[0] <= horizon:
         w.popleft()
     if len(w) >= g.conf.max_orders_per_s:

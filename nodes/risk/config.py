@@ -56,6 +56,8 @@ class RiskConfig:
     max_exposure: Decimal = Decimal("50000")        # quote, per product
     max_gross_exposure: Decimal = Decimal("100000")  # quote, sum over products
     max_orders_per_s: int = 20                      # approved orders in any 1 s window
+    rate_clock: str = "wall"                        # the order-rate window's clock: "wall", or "market"
+                                                    # (exchange timestamps: replays stay deterministic)
     products: dict[str, ProductLimits] = dataclasses.field(default_factory=dict)
     # --- automatic kill-switch triggers ---
     daily_loss_limit: Decimal = Decimal("2000")     # quote; daily PnL <= -limit engages
@@ -94,6 +96,8 @@ class RiskConfig:
                               f"got {self.band_method!r}")
         if self.band_floor_pct < 0:
             raise ConfigError("risk.band_floor_pct: must be >= 0")
+        if self.rate_clock not in ("wall", "market"):
+            raise ConfigError(f"risk.rate_clock: must be \"wall\" or \"market\", got {self.rate_clock!r}")
         _check_positive(self, ("band_k", "max_price_band_pct", "max_slippage_bps",
                                "max_order_notional", "max_position", "max_exposure",
                                "max_gross_exposure", "max_orders_per_s", "daily_loss_limit",

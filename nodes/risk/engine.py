@@ -48,6 +48,10 @@ class RiskEngine:
         self.latch = S.KillSwitchLatch()
         self.statefile = S.StateFile(state_file or mesh.state_path(conf.state_file))
         self.approvals = collections.deque()
+        # the order-rate window runs on the wall clock, or on market time (latest exchange
+        # timestamp seen) when conf.rate_clock = "market", as offline replays use
+        self.market_s = 0.0
+        self.rate_clock = (lambda: self.market_s) if getattr(conf, "rate_clock", "wall") == "market" else self.clock
         self.rejects = collections.deque()
         self.manual_reducing = False
         self.pnl = None
@@ -241,7 +245,7 @@ class RiskEngine:
         code, reason, ctx = checks.run(self, intent, now)
         approved = code == Code.OK
         if approved:
-            self.approvals.append(now)
+            self.approvals.append(self.rate_clock())
             size = ctx.size()
             if size is not None:
                 self.exposure.add_pending(intent.client_order_id, intent.product, intent.side, size, now,
@@ -275,6 +279,8 @@ class RiskEngine:
 
     # --- events ---------------------------------------------------------------------------------
     def on_tick(self, env):
+        if env.ts_event > self.market_s * 1e9:
+            self.market_s = env.ts_event / 1e9
         m = self.markets.get(env.msg.product)
         if m is None:
             return

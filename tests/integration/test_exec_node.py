@@ -98,7 +98,10 @@ def test_market_order_through_risk_fills_and_publishes_everything(rig_factory, m
     assert pos.msg.fees == D("273.08134200") and pos.msg.realized_pnl == D("-273.08134200")
     assert pos.msg.mark == D("65000")                                   # mid of the book
     pnl = rig.col.wait_for(lambda e: e.topic == "pnl" and e.msg.fees == D("273.08134200"))
-    assert pnl.msg.equity == D("100000") + pnl.msg.realized + pnl.msg.unrealized
+    from decimal import localcontext
+    from nodes.execution.positions import CTX
+    with localcontext(CTX):      # the node's explicit 34-digit context, not the global 28-digit one
+        assert pnl.msg.equity == D("100000") + pnl.msg.realized + pnl.msg.unrealized
 
 
 def test_fail_closed_when_risk_is_silent_errs_or_is_gone(rig_factory):
