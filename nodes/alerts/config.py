@@ -14,6 +14,7 @@ class AlertsConfig:
     node_timeout_s: float = 3.0          # no heartbeat for this long: node down
     alert_on_clean_stop: bool = False    # also alert when a node reports a clean STOPPED
     feed_alerts: bool = True             # feed gap / stale / unhealthy alerts
+    feed_grace_s: float = 10.0           # a feed not yet healthy since start may take this long first
     slack_api_url: str = "https://slack.com/api"   # base of chat.postMessage (bot-token mode)
     http_timeout_s: float = 5.0          # per HTTP attempt
     max_attempts: int = 5                # attempts per message and channel (429/5xx/network)

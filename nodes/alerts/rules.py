@@ -105,6 +105,8 @@ class AlertRules:
         self._down: set = set()
         self._peak_equity: Optional[Decimal] = None
         self._killswitch: Optional[bool] = None
+        self._feed_bad_since: dict = {}     # product -> ns since when it is unhealthy
+        self._feed_was_healthy: set = set()
         self._handlers = {proto.KillSwitch: self._killswitch_ev, proto.PnL: self._pnl,
                           proto.Heartbeat: self._heartbeat, proto.FeedStatus: self._feed_status,
                           proto.FeedGap: self._feed_gap, proto.FeedStale: self._feed_stale,
@@ -194,9 +196,16 @@ class AlertRules:
             return []
         key = f"feed.{m.product}"
         if not m.healthy:
+            # a feed that has not been healthy yet since this node started (connecting, first
+            # snapshot) gets feed_grace_s before it pages anyone
+            since = self._feed_bad_since.setdefault(m.product, now_ns)
+            if m.product not in self._feed_was_healthy and now_ns - since < self.conf.feed_grace_s * 1e9:
+                return []
             return [Alert(key, "feed", WARNING, f"Feed {m.product} {m.state}",
                           f"{m.reason or m.state}; last message {m.last_msg_age_s:.1f} s ago. "
                           "Risk refuses new orders on this product.")]
+        self._feed_was_healthy.add(m.product)
+        self._feed_bad_since.pop(m.product, None)
         return [Alert(key, "feed", WARNING, f"Feed {m.product} healthy again",
                       f"state {m.state}", resolved=True)]
 

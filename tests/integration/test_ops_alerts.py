@@ -172,7 +172,7 @@ def test_slack_bot_token_mode_uses_chat_post_message(tcp_mesh, ctx, sink, collec
 
 def test_without_channels_alerts_go_to_the_log(tcp_mesh, ctx, collector, caplog):
     caplog.set_level(logging.WARNING, logger="tickmesh.alerts")
-    node, (risk,) = started(tcp_mesh, ctx, conf(), {}, "risk")
+    node, (risk,) = started(tcp_mesh, ctx, conf(feed_grace_s=0.0), {}, "risk")
     bus = collector(tcp_mesh, ["alerts"], ["alert."])
     try:
         risk.send(topics.PNL, proto.PnL(proto.Decimal("-1500"), proto.Decimal("0"), proto.Decimal("-1500"),

@@ -147,10 +147,16 @@ def test_clean_stop_is_not_down(rules):
 
 
 def test_feed_rules(rules):
-    [a] = rules.on_event(env(proto.FeedStatus("BTC-USD", False, "STALE", "no data", 7.5)), 0)
+    g0 = int(rules.conf.feed_grace_s * 1e9)
+    # never healthy since start: quiet during the grace period, then alerted
+    assert rules.on_event(env(proto.FeedStatus("BTC-USD", False, "DISCONNECTED", "starting", -1.0)), 0) == []
+    [a] = rules.on_event(env(proto.FeedStatus("BTC-USD", False, "STALE", "no data", 7.5)), g0)
     assert a.key == "feed.BTC-USD" and "7.5" in a.text and not a.resolved
-    [b] = rules.on_event(env(proto.FeedStatus("BTC-USD", True, "OK", "", 0.1)), 0)
+    [b] = rules.on_event(env(proto.FeedStatus("BTC-USD", True, "OK", "", 0.1)), g0 + 1)
     assert b.resolved
+    # once it has been healthy, losing it alerts at once
+    [c] = rules.on_event(env(proto.FeedStatus("BTC-USD", False, "GAP", "seq gap", 0.2)), g0 + 2)
+    assert c.key == "feed.BTC-USD" and not c.resolved
     [g] = rules.on_event(env(proto.FeedGap("ws", 10, 13, ["BTC-USD"])), 0)
     assert g.oneshot and g.key == "feed.gap.ws" and "10" in g.text and "13" in g.text
     [s] = rules.on_event(env(proto.FeedStale("ws", 12.0, ["ETH-USD"])), 0)
