@@ -171,7 +171,7 @@ def build_config(args):
     src = args.source
     md = {"seed": args.seed}
     if src == "synthetic":
-        md["source"] = "synthetic"
+        md.update(source="synthetic", synthetic_rate_hz=args.rate)
     elif src.startswith("replay:"):
         path = Path(src[len("replay:"):])
         if not path.exists():
@@ -222,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--source", default="synthetic", help="synthetic | replay:FILE")
     p.add_argument("--speed", default="max", help="replay pace: 1, 10, max, or a number")
+    p.add_argument("--rate", type=float, default=50.0,
+                   help="synthetic market steps per second (0: as fast as the mesh goes)")
     p.add_argument("--summary-json", metavar="PATH")
     p.add_argument("--state-dir", help="journals, kill switch and store files (default var/offline/run-<time>)")
     p.add_argument("--conf")
