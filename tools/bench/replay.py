@@ -1,0 +1,244 @@
+"""Replay throughput: ``python -m tools.bench replay [--quick]``.
+
+1. A store file is recorded by the real nodes: the market-data node's seeded synthetic source at
+   full speed (``synthetic_rate_hz = 0``: Coinbase frames through the normaliser, books kept from
+   level2) and the store node, over inproc, until ``EVENTS`` market events are stored.
+2. That file is replayed through the whole offline mesh, every node on (store, risk, execution,
+   strategy with the default SMA plugin, metrics, alerts, marketdata and the offline summary node),
+   as threads of this process over inproc, like ``python -m nodes.offline --source replay:FILE
+   --speed max --no-lockstep``. The clock runs from the market-data node's start (the replay
+   begins in its setup) until every node has handled everything: the replay is done and two
+   consecutive rounds of ``Query("status")`` to every node return the same counters.
+   ``ticks_per_s`` = market events replayed (Tick, Trade and Book records) per second.
+3. ``raw_per_s``: raw pyzmq over inproc in the same process, one PUB thread sending the same
+   events as pre-encoded frames and one SUB thread receiving them (messages/s at the receiver).
+
+``ratio`` = ticks_per_s / raw_per_s (target >= 0.25). Bus gaps (events a slow subscriber lost at its
+high-water mark) are printed; a run with gaps did not keep up.
+"""
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from . import common
+
+PRODUCTS = ["BTC-USD", "ETH-USD"]
+KEYS = ("ticks_per_s", "raw_per_s", "ratio")
+MD_TYPES = ("Tick", "Trade", "Book")
+LAST_RAW_PER_S = None       # the raw inproc rate of the last run (the store section reuses it)
+
+
+def base_sections(tmp: Path, state: str) -> dict:
+    return {
+        "mesh": {"transport": "inproc", "state_dir": str(tmp / state), "products": PRODUCTS,
+                 "heartbeat_s": 1.0, "log_level": "WARNING"},
+        "metrics": {"port": 0},
+    }
+
+
+def _idle(ctx, mesh, names, stop_at: float) -> bool:
+    """Two consecutive rounds of every node's status counters are equal (nothing moved)."""
+    from nodes.client import RequestClient, RequestTimeout
+    from proto import Query
+    clients = [RequestClient.for_node(mesh, n, source="bench", context=ctx, timeout_ms=2000) for n in names]
+    try:
+        prev = None
+        while time.monotonic() < stop_at:
+            snap = []
+            for c in clients:
+                try:
+                    cn = c.request(Query("status")).data["counters"]
+                    snap.append((cn.get("received"), cn.get("published")))
+                except RequestTimeout:
+                    snap.append(None)
+            if snap == prev and None not in snap:
+                return True
+            prev = snap
+        return False
+    finally:
+        for c in clients:
+            c.close()
+
+
+def record(tmp: Path, events: int) -> Path:
+    """Run marketdata (synthetic, full speed) + store over inproc until ``events`` are stored."""
+    from nodes.marketdata import MarketDataNode
+    from nodes.store import StoreNode
+    conf = common.write_conf(tmp, {**base_sections(tmp, "rec"),
+                                   "marketdata": {"source": "synthetic", "seed": 3, "synthetic_rate_hz": 0.0}})
+    cfg = common.load_conf(conf)
+    ctx = zmq.Context()
+    store = StoreNode.from_config(cfg, context=ctx).start()
+    md = MarketDataNode.from_config(cfg, context=ctx)
+    t0 = time.monotonic()
+    md.start()
+    try:
+        deadline = t0 + 30 + events / 500
+        while True:
+            fc = md.fc
+            if fc["ticks"] + fc["trades"] + fc["books"] >= events:
+                break
+            if time.monotonic() > deadline or not md.alive:
+                raise RuntimeError(f"replay: recording stalled at {fc['ticks'] + fc['trades'] + fc['books']} events")
+            md._closing.wait(0.02)
+        secs = time.monotonic() - t0
+    finally:
+        md.stop()
+        store.stop()
+        ctx.term()
+    n = md.fc["ticks"] + md.fc["trades"] + md.fc["books"]
+    print(f"replay: recorded {n} market events from the synthetic source in {secs:.1f} s "
+          f"({n / secs:,.0f}/s: the synthetic market, the parser and the publishing path)", flush=True)
+    files = sorted((tmp / "rec" / "store").glob("*.jsonl"))
+    if len(files) != 1:
+        raise RuntimeError(f"replay: expected one store file, found {files}")
+    return files[0]
+
+
+def load_events(path: Path) -> list:
+    from proto import jsonl
+    return [env for env in jsonl.read(path) if env.msg.TAG in MD_TYPES]
+
+
+def replay_mesh(tmp: Path, path: Path, expect: int) -> dict:
+    """The whole offline mesh on ``path``; returns the figures of one run."""
+    from nodes.offline import Summary, available_nodes
+    conf = common.write_conf(tmp, {**base_sections(tmp, "replay"),
+                                   "marketdata": {"source": "replay", "replay_file": str(path),
+                                                  "replay_speed": "max", "lockstep": False}})
+    cfg = common.load_conf(conf)
+    ctx = zmq.Context()
+    summary = Summary(cfg.mesh, context=ctx).start()
+    nodes = {}
+    try:
+        for name, cls in available_nodes():
+            if name != "marketdata":
+                nodes[name] = cls.from_config(cfg, context=ctx).start()
+        md = nodes["marketdata"] = dict(available_nodes())["marketdata"].from_config(cfg, context=ctx)
+        t0 = time.monotonic()
+        md.start()
+        deadline = t0 + 60 + expect / 500
+        while not md.fc["replay_done"]:
+            if time.monotonic() > deadline or not md.alive:
+                raise RuntimeError("replay: the replay did not finish")
+            md._closing.wait(0.005)
+        t_done = time.monotonic()
+        if not _idle(ctx, cfg.mesh, list(nodes), deadline):
+            raise RuntimeError("replay: the mesh did not settle")
+        t1 = time.monotonic()
+        rep = dict(md.replay)
+        gaps = {n: node.counters["gaps"] for n, node in nodes.items()}
+        gaps["offline"] = summary.counters["gaps"]
+        seen = summary.n["ticks"] + summary.n["trades"] + summary.n["books"]
+        extra = {n: node.extra_counters() for n, node in nodes.items()}
+    finally:
+        for name in ("marketdata", "strategy", "execution", "risk", "alerts", "metrics", "store"):
+            if name in nodes:
+                nodes[name].stop()
+        summary.stop()
+        ctx.term()
+    return {"secs": t1 - t0, "replay_secs": t_done - t0, "used": rep.get("used", 0), "seen": seen,
+            "gaps": gaps, "stored": extra.get("store", {}).get("events_stored", 0),
+            "orders": extra.get("strategy", {}).get("submitted", 0)}
+
+
+def _raw_sub(ctx, ep, n, ready, out):
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    s.connect(ep)
+    while not s.poll(10):
+        ready.set()
+    s.recv()
+    ready.set()
+    got, t0 = 0, None
+    recv = s.recv
+    while got < n:
+        if not s.poll(5000):
+            break
+        f = recv()
+        if f[:1] == b"w":
+            continue
+        if t0 is None:
+            t0 = time.perf_counter()
+        got += 1
+    out.append((got, time.perf_counter() - (t0 or time.perf_counter())))
+    s.close()
+
+
+def raw_inproc(frames: list, n: int) -> float:
+    """Messages/s of raw pyzmq PUB -> SUB over inproc, two threads of this process."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.setsockopt(zmq.LINGER, 1000)
+    ep = "inproc://bench.raw"
+    pub.bind(ep)
+    ready, out = threading.Event(), []
+    th = threading.Thread(target=_raw_sub, args=(ctx, ep, n, ready, out), daemon=True)
+    th.start()
+    while not ready.wait(0.005):
+        pub.send(b"w")
+    for _ in range(20):
+        pub.send(b"w")
+    send, k = pub.send, len(frames)
+    for i in range(n):
+        send(frames[i % k])
+    th.join(120)
+    pub.close()
+    ctx.term()
+    got, secs = out[0] if out else (0, 0.0)
+    if got < n:
+        raise RuntimeError(f"raw inproc: {got} of {n} frames arrived")
+    return got / secs
+
+
+def frames_of(envs: list) -> list:
+    import proto
+    enc = proto.Encoder("marketdata")
+    return [enc.encode(e.topic, e.msg, e.ts_event, e.ts_recv) for e in envs]
+
+
+def run(quick: bool = False) -> dict:
+    common.quiet_logs()
+    events = common.size(quick, 100_000, 20_000, 3_000)
+    raw_n = common.size(quick, 300_000, 100_000, 20_000)
+    rounds = common.size(quick, 3, 1, 1)
+    tmp = common.tmpdir("tmr-")
+    try:
+        path = record(tmp, events)
+        envs = load_events(path)
+        ticks = sum(1 for e in envs if e.msg.TAG == "Tick")
+        frames = frames_of(envs)
+        print(f"replay: file {path.stat().st_size / 1e6:.1f} MB, {len(envs)} market events "
+              f"({ticks} Tick, {sum(1 for e in envs if e.msg.TAG == 'Trade')} Trade, "
+              f"{sum(1 for e in envs if e.msg.TAG == 'Book')} Book)", flush=True)
+        rates, raws = [], []
+        for i in range(rounds):             # interleaved: drift on the shared machine hits both
+            raws.append(raw_inproc(frames, raw_n))
+            r = replay_mesh(tmp / f"run{i}", path, len(envs))
+            rate = r["used"] / r["secs"]
+            rates.append(rate)
+            gaps = sum(r["gaps"].values())
+            print(f"replay: run {i + 1}: {r['used']} events in {r['secs']:.2f} s ({rate:,.0f}/s; the source "
+                  f"finished after {r['replay_secs']:.2f} s), summary saw {r['seen']}, store wrote {r['stored']}, "
+                  f"strategy orders {r['orders']}, bus gaps {gaps} {r['gaps'] if gaps else ''}; raw inproc "
+                  f"{raws[-1]:,.0f}/s", flush=True)
+    finally:
+        common.rmtree(tmp)
+    global LAST_RAW_PER_S
+    rate = sorted(rates)[len(rates) // 2]
+    raw = LAST_RAW_PER_S = sorted(raws)[len(raws) // 2]
+    if len(rates) > 1:
+        print(f"replay: spread over {len(rates)} runs: mesh {common.spread(rates)}/s, raw {common.spread(raws)}/s")
+    return {"ticks_per_s": round(rate), "raw_per_s": round(raw), "ratio": round(rate / raw, 4)}
+
+
+def table(sec: dict) -> str:
+    ok = "ok" if sec["ratio"] >= 0.25 else "MISSED"
+    return (f"offline mesh replay (every node, --speed max, no lockstep): {sec['ticks_per_s']:>10,} market events/s\n"
+            f"raw pyzmq inproc PUB->SUB, same frames:                   {sec['raw_per_s']:>10,} msgs/s\n"
+            f"ratio {sec['ratio']:.3f} (target >= 0.25: {ok})")

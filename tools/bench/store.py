@@ -1,0 +1,198 @@
+"""Store throughput: ``python -m tools.bench store [--quick]``.
+
+The events are those of a store file recorded from the synthetic market (see ``tools.bench.replay``:
+ticks, trades, level2 books, feed status), as the store would receive them.
+
+* ``plain_per_s``: a plain loop writing the same JSON lines, the store's own format
+  (``proto.jsonl.dumps`` of each decoded envelope, one buffered ``write`` per line, the file closed
+  at the end; no fsync): events/s.
+* ``events_per_s``: the store node (``python -m nodes.store``, its own process, default ``[store]``
+  settings: batches of up to 5000, flush every 0.2 s, fsync at most once per interval) receiving
+  the same events as encoded frames from a raw XPUB over ipc, sent as fast as pyzmq can, with
+  unlimited high-water marks so nothing is lost on the bus: events/s from the first frame sent
+  until the store reports every event written (``Query("store")`` ``events_stored``).
+* ``dropped``: a second store process at the default high-water mark (``mesh.hwm`` 100000) fed at
+  the bus rate of the replay target (0.25 x the raw inproc bus rate measured by the replay section
+  in this run, or measured here when the section runs alone) for ``PACED_S`` seconds: events the
+  store dropped (its queue full: ``events_dropped``) plus events lost on the bus before it (its
+  sequence gaps). Whether it kept up is also printed (the backlog it still had when the sender
+  finished).
+"""
+import time
+
+import zmq
+
+from . import common
+
+KEYS = ("events_per_s", "plain_per_s", "ratio", "dropped")
+
+
+def plain(envs: list, path) -> float:
+    from proto import jsonl
+    dumps = jsonl.dumps
+    t0 = time.perf_counter()
+    with open(path, "w", encoding="utf-8") as f:
+        w = f.write
+        for env in envs:
+            w(dumps(env) + "\n")
+    return len(envs) / (time.perf_counter() - t0)
+
+
+class StoreProc:
+    """A store node process on ipc and the XPUB that feeds it (bound on the market-data slot)."""
+
+    def __init__(self, tmp, hwm: int):
+        from nodes.client import RequestClient
+        self.tmp = tmp
+        conf = common.write_conf(tmp, {
+            "mesh": {"transport": "ipc", "ipc_dir": str(tmp / "ipc"), "state_dir": str(tmp / "state"),
+                     "hwm": hwm, "heartbeat_s": 1.0, "log_level": "WARNING"}})
+        self.mesh = common.load_conf(conf).mesh
+        (tmp / "ipc").mkdir(parents=True, exist_ok=True)
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.SNDHWM, hwm)
+        self.pub.setsockopt(zmq.LINGER, 2000)
+        self.pub.bind(self.mesh.endpoint("marketdata", "pub"))
+        self.procs = common.Procs(common.clean_env(conf), tmp / "logs")
+        self.procs.start("store")
+        self.client = RequestClient.for_node(self.mesh, "store", source="bench", context=self.ctx,
+                                             timeout_ms=2000)
+
+    def wait_subscribed(self, timeout=60.0):
+        """The store's SUB has sent its ``md.`` subscription to our XPUB (no slow-joiner loss)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs.dead():
+                raise RuntimeError(f"store died at start: {self.procs.tail('store')}")
+            if self.pub.poll(100):
+                if self.pub.recv() == b"\x01md.":
+                    return
+        raise RuntimeError("store: no subscription within the deadline")
+
+    def stats(self) -> dict:
+        from proto import Query
+        r = self.client.request(Query("store"))
+        if not r.ok:
+            raise RuntimeError(f"store query failed: {r.code} {r.reason}")
+        return r.data
+
+    def gaps(self) -> int:
+        from proto import Query
+        return int(self.client.request(Query("status")).data["counters"]["gaps"])
+
+    def close(self):
+        self.client.close()
+        codes = self.procs.stop()
+        self.pub.close()
+        self.ctx.term()
+        if codes.get("store") not in (0, -15):
+            print(f"store: node exit status {codes}: {self.procs.tail('store')}", flush=True)
+
+
+def flat_out(frames: list, tmp) -> float:
+    """Frames sent as fast as possible, nothing lost on the bus: events/s written by the store."""
+    sp = StoreProc(tmp, hwm=0)
+    try:
+        sp.wait_subscribed()
+        n = len(frames)
+        send = sp.pub.send
+        t0 = time.perf_counter()
+        for f in frames:
+            send(f)
+        deadline = time.monotonic() + 60 + n / 2000
+        while True:
+            s = sp.stats()
+            if s["events_stored"] + s["events_dropped"] >= n:
+                break
+            if time.monotonic() > deadline or sp.procs.dead():
+                raise RuntimeError(f"store: {s['events_stored']} of {n} written before the deadline")
+            time.sleep(0.005)           # polling a counter that has no event to wait on
+        secs = time.perf_counter() - t0
+        if s["events_dropped"]:
+            print(f"store: flat out, the writer queue overflowed: {s['events_dropped']} dropped", flush=True)
+        return s["events_stored"] / secs
+    finally:
+        sp.close()
+
+
+def paced(frames: list, rate: float, seconds: float, tmp) -> dict:
+    """Frames at ``rate`` per second for ``seconds``, default high-water marks: drops and gaps."""
+    sp = StoreProc(tmp, hwm=100_000)
+    try:
+        sp.wait_subscribed()
+        send = sp.pub.send
+        k = len(frames)
+        total = int(rate * seconds)
+        t0 = time.monotonic()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - t0) * rate) + 1)
+            while sent < due:
+                send(frames[sent % k], zmq.NOBLOCK)
+                sent += 1
+            if sent < total:
+                time.sleep(0.0005)      # pacing the load
+        t_sent = time.monotonic()
+        s = sp.stats()
+        backlog = sent - s["events_stored"] - s["events_dropped"]
+        deadline = time.monotonic() + 60 + total / 2000
+        while s["events_stored"] + s["events_dropped"] + sp.gaps() < sent:
+            if time.monotonic() > deadline or sp.procs.dead():
+                break
+            time.sleep(0.01)
+            s = sp.stats()
+        gaps = sp.gaps()
+        return {"sent": sent, "rate": sent / (t_sent - t0), "stored": s["events_stored"],
+                "queue_dropped": s["events_dropped"], "bus_gaps": gaps, "backlog_at_end": backlog,
+                "catch_up_s": time.monotonic() - t_sent, "max_depth": s["max_depth"]}
+    finally:
+        sp.close()
+
+
+def bus_rate_of_target3(frames: list) -> float:
+    """0.25 x the raw inproc bus rate: the replay section's measurement of this run if it ran."""
+    from . import replay
+    raw = replay.LAST_RAW_PER_S or replay.raw_inproc(frames, common.size(False, 200_000, 100_000, 20_000))
+    return 0.25 * raw
+
+
+def run(quick: bool = False) -> dict:
+    from . import replay
+    common.quiet_logs()
+    events = common.size(quick, 100_000, 30_000, 3_000)
+    rounds = common.size(quick, 3, 1, 1)
+    paced_s = common.size(quick, 10.0, 3.0, 0.5)
+    tmp = common.tmpdir("tms-")
+    try:
+        path = replay.record(tmp / "rec", events)
+        from proto import jsonl
+        envs = list(jsonl.read(path))
+        frames = replay.frames_of(envs)
+        plains, stores = [], []
+        for i in range(rounds):
+            plains.append(plain(envs, tmp / f"plain{i}.jsonl"))
+            stores.append(flat_out(frames, tmp / f"flat{i}"))
+            print(f"store: round {i + 1}: {len(frames)} events, store {stores[-1]:,.0f}/s, plain {plains[-1]:,.0f}/s",
+                  flush=True)
+        rate = bus_rate_of_target3(frames)
+        p = paced(frames, rate, paced_s, tmp / "paced")
+        print(f"store: at the replay target's bus rate ({rate:,.0f}/s asked, {p['rate']:,.0f}/s sent) for "
+              f"{paced_s:g} s: {p['sent']} sent, {p['stored']} stored, {p['queue_dropped']} dropped by the store, "
+              f"{p['bus_gaps']} lost on the bus; backlog when the sender finished {p['backlog_at_end']} "
+              f"(writer queue max {p['max_depth']}), caught up {p['catch_up_s']:.2f} s later", flush=True)
+    finally:
+        common.rmtree(tmp)
+    ev, pl = sorted(stores)[len(stores) // 2], sorted(plains)[len(plains) // 2]
+    if rounds > 1:
+        print(f"store: spread over {rounds} rounds: store {common.spread(stores)}/s, plain {common.spread(plains)}/s")
+    return {"events_per_s": round(ev), "plain_per_s": round(pl), "ratio": round(ev / pl, 3),
+            "dropped": int(p["queue_dropped"] + p["bus_gaps"])}
+
+
+def table(sec: dict) -> str:
+    ok = "ok" if sec["ratio"] >= 0.5 else "MISSED"
+    return (f"store node, events written:        {sec['events_per_s']:>10,} events/s\n"
+            f"plain JSON-lines writes, same lines: {sec['plain_per_s']:>8,} events/s\n"
+            f"ratio {sec['ratio']:.2f} (target >= 0.5: {ok}); dropped at the replay target's bus rate: "
+            f"{sec['dropped']} (target 0: {'ok' if sec['dropped'] == 0 else 'MISSED'})")
