@@ -47,6 +47,7 @@ class MarketDataConfig:
     backoff_reset_s: float = 30.0                     # a connection up this long resets the backoff
     seed: int = 1                                     # synthetic source
     synthetic_rate_hz: float = 10.0                   # synthetic market steps per second (0: as fast as possible)
+    synthetic_time_scale: float = 1.0                 # simulated market seconds per real second (rate > 0)
     replay_file: str = ""                             # store JSON Lines file (relative: to mesh.state_dir)
     replay_speed: str = "1"                           # "1" recorded pace, "10" ten times faster, "max"
     store_raw: bool = False                           # also publish every exchange frame as RawFrame on raw.coinbase
@@ -70,6 +71,8 @@ class MarketDataConfig:
                     "backoff_initial_s", "backoff_max_s", "backoff_multiplier"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"marketdata.{key}: must be > 0, got {getattr(self, key)}")
+        if not self.synthetic_time_scale > 0:
+            raise ConfigError(f"marketdata.synthetic_time_scale: must be > 0, got {self.synthetic_time_scale}")
         for key in ("book_publish_hz", "synthetic_rate_hz", "backoff_reset_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"marketdata.{key}: must be >= 0, got {getattr(self, key)}")

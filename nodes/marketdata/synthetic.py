@@ -446,6 +446,7 @@ class SyntheticSource:
         conf = self.conf
         rate = conf.synthetic_rate_hz
         dt = 1.0 / rate if rate > 0 else 0.1
+        sim_dt = dt * conf.synthetic_time_scale if rate > 0 else dt     # market seconds per step
         session = Session(self.market, random.Random(conf.seed), ack_order="random")
         norm = Normalizer(self.conn)
         sim_clock = time.time_ns()
@@ -488,7 +489,7 @@ class SyntheticSource:
                     ps = sorted(set(resnap))
                     frames += session.handle({"type": "unsubscribe", "channel": "level2", "product_ids": ps}, now())
                     frames += session.handle({"type": "subscribe", "channel": "level2", "product_ids": ps}, now())
-                frames += session.on_step(self.market.step(dt, now()))
+                frames += session.on_step(self.market.step(sim_dt, now()))
                 if steps * dt >= next_hb:
                     next_hb += 1.0
                     hb = session.heartbeat(int(steps * dt), now(), steps * dt)
