@@ -109,7 +109,10 @@ class ExecutionNode(Node):
         self.risk = RequestClient.for_node(self.mesh, "risk", timeout_ms=c.risk_timeout_ms,
                                            source=self.instance, context=self._ctx)
         if c.venue == "paper":
-            self.venue = PaperVenue(self.mesh.product_specs, seed=c.paper_seed,
+            # the venue's ids come from a seeded generator: after a restart, continue from a seed the
+            # journal fixes, so no id (and no fill id) of an order already journaled is issued again
+            seed = c.paper_seed if not records else f"{c.paper_seed}:{len(records)}:{records[-1].get('ts', 0)}"
+            self.venue = PaperVenue(self.mesh.product_specs, seed=seed,
                                     slippage_bps=c.slippage_bps, maker_fee_bps=c.maker_fee_bps,
                                     taker_fee_bps=c.taker_fee_bps)
             interrupted = [o for o in working if o.status != O.NEW and not self.venue.restore(o)]

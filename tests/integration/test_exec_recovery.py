@@ -233,3 +233,32 @@ def test_journal_compaction_at_start_keeps_positions_and_working_orders(short_tm
     finally:
         risk.close()
         md.close()
+
+
+def test_market_orders_fill_after_restarts(short_tmp, ctx):
+    """The paper venue's order ids come from a seeded generator: a restarted node must not issue the
+    ids of orders already in its journal again -- their fill ids would collide and the new fills be
+    dropped as duplicates, leaving the order ACCEPTED forever (found by tests/e2e/test_faults.py)."""
+    from tests.integration.test_exec_support import start_node
+    mesh = make_mesh("tcp", short_tmp)
+    risk = RiskResponder(ctx, mesh)
+    md = Publisher(ctx, mesh, "marketdata")
+    client = RequestClient.for_node(mesh, "execution", timeout_ms=3000, source="test", context=ctx)
+    try:
+        for run in range(3):
+            node = start_node(mesh, ExecutionConfig(), ctx)
+            try:
+                md.until(topics.book(BTC), book(asks=(("65010", "1000"),)), lambda: BTC in node.venue.books,
+                         what="execution")
+                r = client.request(OrderIntent(BTC, "BUY", "MARKET", size=D("0.01"), client_order_id=f"M{run}"))
+                assert r.ok and r.data.status == "FILLED", (run, r)
+            finally:
+                node.stop()
+        rb, fill_ids, _ = journal_facts(mesh.state_path("execution", "paper.journal"))
+        assert [o.status for o in rb.orders.values()] == ["FILLED"] * 3
+        assert len({o.venue_order_id for o in rb.orders.values()}) == 3 and len(set(fill_ids)) == 3
+        assert sum(f.size for f, _ in rb.fills) == D("0.03")
+    finally:
+        client.close()
+        risk.close()
+        md.close()
