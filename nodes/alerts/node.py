@@ -4,6 +4,8 @@ the bus (``alert.<kind>``) for every alert it sent.
 The bus loop only evaluates rules and appends to the sender's queue; HTTP happens in the
 ``Dispatcher`` worker thread, whose completion comes back to the loop with ``call_soon``.
 """
+import json
+import os
 import socket
 import time
 
@@ -12,7 +14,7 @@ import requests
 from nodes.runtime import Node
 from proto import AlertEvent, topics
 
-from .rules import AlertRules, Deduper
+from .rules import CRITICAL, Alert, AlertRules, Deduper
 from .senders import Dispatcher, channels_from_secrets
 
 SUBSCRIPTIONS = (topics.RISK_KILLSWITCH, topics.PNL, topics.NODE_HEARTBEAT, topics.NODE_PROCESS,
@@ -52,6 +54,7 @@ class AlertsNode(Node):
         self.sender = Dispatcher(self.channels, self.conf, self.log, self._sent_from_worker,
                                  host=socket.gethostname())
         self.sender.start()
+        self._previous_run()
 
     def teardown(self):
         if self.sender is not None:
@@ -59,6 +62,46 @@ class AlertsNode(Node):
             self.log.info("sender stopped")
         if self._session is not None:
             self._session.close()
+        try:
+            self.marker_path().unlink()          # a clean stop: the next start has nothing to report
+        except OSError:
+            pass
+
+    # --- its own death ------------------------------------------------------------------------------
+    def marker_path(self):
+        return self.mesh.state_path("alerts", f"{self.instance}.running")
+
+    def _previous_run(self):
+        """The alert node cannot report its own death (supervisord's event came while it was dead):
+        the next one does, at start, when the previous run left its marker behind (no clean stop).
+        supervisord's RUNNING event for the program then resolves it, like any process alert."""
+        path = self.marker_path()
+        host = socket.gethostname()
+        try:
+            prev = json.loads(path.read_text())
+        except FileNotFoundError:
+            prev = None
+        except (OSError, ValueError) as e:
+            prev = {"pid": 0, "error": str(e)}
+        if isinstance(prev, dict):
+            pid = prev.get("pid") if type(prev.get("pid")) is int else 0
+            if pid and pid != os.getpid() and prev.get("host") == host and _alive(pid):
+                self.log.warning("another alert node (pid %d) uses %s: not reporting it", pid, path)
+                return
+            started = prev.get("started_ns") if type(prev.get("started_ns")) is int else 0
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started / 1e9)) if started else "?"
+            self.log.warning("the previous %s process (pid %s, started %s) did not stop cleanly",
+                             self.instance, pid or "?", when)
+            now = time.time_ns()
+            self._offer(Alert(f"process.exited.{self.instance}", "process", CRITICAL,
+                              f"Process {self.instance} exited unexpectedly",
+                              f"The previous {self.instance} process (pid {pid or '?'} on {host}, started {when}) "
+                              "ended without a clean stop (crash or kill); alerts due while it was down were "
+                              "not sent: check `tickmesh ctl status` and the kill switch."), now)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "started_ns": self._started_ns}))
+        os.replace(tmp, path)
 
     def extra_counters(self) -> dict:
         c = {f"alerts_{k}": v for k, v in self.dedupe.counts.items()}
@@ -99,3 +142,13 @@ class AlertsNode(Node):
     def _publish(self, alert, channels):
         self.publish(topics.alert(alert.kind),
                      AlertEvent(alert.key, alert.severity, alert.title, alert.text, alert.resolved, list(channels)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -217,3 +217,43 @@ def test_bus_loop_never_blocks_on_a_slow_channel(tcp_mesh, ctx, sink):
         stop_all(sup, node)
         slow.shutdown()
         slow.server_close()
+
+
+def test_its_own_unclean_death_is_alerted_by_the_next_run(tcp_mesh, ctx, sink):
+    """supervisord's EXITED event for the alert node arrives while it is dead: the next run reports
+    it at start (the previous run's marker is still there); supervisord's RUNNING event resolves it.
+    A clean stop removes the marker: nothing to report at the next start."""
+    import json
+    import os
+    import socket
+    import subprocess
+    secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/T0/B0/own")}
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                     # a pid that is surely not running any more
+    node = AlertsNode(tcp_mesh, conf(cooldown_s=0), secrets=secrets, context=ctx)
+    marker = node.marker_path()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                  "started_ns": time.time_ns() - 60 * 10**9}))
+    node.start()
+    sup = Source(tcp_mesh, "supervisor", context=ctx).start()
+    try:
+        reqs = sink.wait_for(lambda rs: any("Process alerts exited unexpectedly" in (r.json or {}).get("text", "")
+                                            for r in rs), 5, "the alert for the previous run's death")
+        text = [r.json["text"] for r in reqs if "exited unexpectedly" in r.json["text"]][0]
+        assert f"pid {dead.pid}" in text and "without a clean stop" in text
+        assert json.loads(marker.read_text())["pid"] == os.getpid()      # this run's marker
+        wait_until(lambda: "supervisor" in node.rules._last_seen, 5, what="alerts hearing supervisor")
+        sup.send(topics.NODE_PROCESS, proto.ProcessEvent("alerts", "tickmesh", "RUNNING", 1, True, "from STARTING"))
+        sink.wait_for(lambda rs: any("Process alerts running again" in (r.json or {}).get("text", "") for r in rs),
+                      5, "resolved by supervisord's RUNNING event")
+    finally:
+        stop_all(sup, node)
+    assert not marker.exists()
+    again = AlertsNode(tcp_mesh, conf(cooldown_s=0), secrets=secrets, context=ctx).start()
+    try:
+        n = len(sink.requests)
+        wait_until(lambda: again.marker_path().exists(), 5, what="the new run's marker")
+        assert again.dedupe.counts["sent"] == 0 and len(sink.requests) == n
+    finally:
+        again.stop()
