@@ -4,7 +4,9 @@ Decision logic lives in ``nodes.store.writer`` (no sockets); this module binds i
 events go to the writer's queue from the loop thread (never blocking), bus sequence gaps seen by the
 runtime become ``_gap`` lines, and ``Query("store")`` / the heartbeat report what was stored.
 """
+import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -42,6 +44,8 @@ class StoreNode(Node):
         self._skip_raw = not conf.store_raw and any("raw.".startswith(p) for p in subs)
         self.directory = store_dir(mesh, conf)
         self.writer = None
+        self._resume = {}
+        self.restart_gaps = 0        # events missed between the previous run and this one
         self.skipped_raw = 0
         self.events_in = 0           # events handed to the writer (stored + dropped, eventually)
         self.on_any(self._on_event)
@@ -49,6 +53,9 @@ class StoreNode(Node):
 
     def setup(self):
         c = self.conf
+        # where the previous run stopped, per (publisher, topic): what was published while no store
+        # listened is a hole between two files, marked with _gap lines like any other
+        self._resume = last_seqs(self.directory, c.basename)
         self.writer = StoreWriter(
             self.directory, basename=c.basename, rotate_bytes=c.rotate_bytes,
             flush_interval_s=c.flush_interval_s, fsync=c.fsync, queue_max=c.queue_max,
@@ -83,7 +90,24 @@ class StoreNode(Node):
             self.skipped_raw += 1
             return
         self.events_in += 1
+        if self._resume:
+            last = self._resume.pop((env.source, env.topic), None)
+            if last is not None and env.seq > last + 1:
+                self._gap_across_restart(env.source, env.topic, env.seq - last - 1, last)
         self.writer.put(env)
+
+    def _gap_across_restart(self, source, topic, missing, last):
+        """Events of a publisher that outlived the previous store run, published while no store
+        listened: counted and marked like a bus gap (the runtime cannot see them: to it, this is
+        the first event of that topic)."""
+        self.counters["gaps"] += missing
+        self.counters["gap_events"] += 1
+        self.bus_gaps[source] = self.bus_gaps.get(source, 0) + missing
+        self.restart_gaps += missing
+        if self.counters["gap_events"] <= 20:
+            self.log.warning("%d events from %s on %s were published while no store ran (seq %d stored last)",
+                             missing, source, topic, last)
+        self.writer.put_gap(source, topic, missing)
 
     def on_gap(self, source: str, topic: str, missing: int):
         if self.writer is not None:
@@ -95,6 +119,7 @@ class StoreNode(Node):
         if w is None:
             return {"events_stored": 0}
         return {"events_stored": w.stored, "events_dropped": w.dropped, "events_in": self.events_in,
+                "store_restart_gaps": self.restart_gaps,
                 "store_queue": len(w.q),
                 "store_lag_events": w.lag_events, "store_gap_lines": w.gap_lines,
                 "store_files": w.file.files, "store_bytes": w.file.bytes,
@@ -118,3 +143,44 @@ class StoreNode(Node):
         out["prefixes"] = list(self.subscriptions)
         out["writer_alive"] = w.alive
         return out
+
+
+_HEAD = re.compile(r'\{"topic":"([^"\\]*)","type":"[^"\\]*","source":"([^"\\]*)","seq":(\d+),')
+
+
+def last_seqs(directory, basename: str, budget: int = 4 << 20) -> dict:
+    """{(source, topic): last stored seq} from the end of the newest store files (at most ``budget``
+    bytes, newest first): where a previous run stopped. Unreadable lines are skipped."""
+    d = Path(directory)
+    files = sorted(d.glob(f"{basename}-*.jsonl"), reverse=True) if d.is_dir() else []
+    out: dict = {}
+    for path in files:
+        if budget <= 0:
+            break
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(0, size - budget)
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            continue
+        budget -= len(data)
+        lines = data.split(b"\n")
+        if start > 0:
+            lines = lines[1:]                 # a partial first line
+        seen: dict = {}
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            m = _HEAD.match(line)
+            if m is not None:
+                seen[(m.group(2), m.group(1))] = int(m.group(3))
+            elif line.startswith('{"topic":'):
+                try:
+                    e = json.loads(line)
+                    seen[(e["source"], e["topic"])] = int(e["seq"])
+                except (ValueError, KeyError, TypeError):
+                    continue                  # a torn last line
+        for k, v in seen.items():
+            out.setdefault(k, v)              # a newer file wins
+    return out
