@@ -109,11 +109,25 @@ class _Bad(Exception):
 
 
 _DAYS: dict = {}
+_SECONDS: dict = {}       # "YYYY-MM-DDTHH:MM:SS" (validated) -> ns since the epoch, for the fast path
 
 
 def parse_ts(s) -> int:
     """RFC 3339 UTC (``2026-03-01T12:00:00.123456789Z``, up to 9 fractional digits, ``Z`` or a
-    ``+hh:mm`` offset) -> integer nanoseconds since the epoch. Raises ValueError."""
+    ``+hh:mm`` offset) -> integer nanoseconds since the epoch. Raises ValueError.
+
+    The shape every Coinbase frame uses (9 fractional digits, ``Z``) takes a fast path once its
+    whole second has been parsed (and validated) by the full parser."""
+    if type(s) is str and len(s) == 30 and s[19] == "." and s[29] == "Z":
+        base = _SECONDS.get(s[:19])
+        if base is not None:
+            frac = s[20:29]
+            if frac.isdigit():
+                return base + int(frac)
+    return _parse_ts(s)
+
+
+def _parse_ts(s) -> int:
     if type(s) is not str or len(s) < 20 or len(s) > 40:
         raise ValueError(f"bad timestamp {s!r:.40}")
     day = s[:10]
@@ -153,7 +167,12 @@ def parse_ts(s) -> int:
         off = (int(rest[1:3]) * 3600 + int(rest[4:]) * 60) * (1 if rest[0] == "+" else -1)
     else:
         raise ValueError(f"bad zone in timestamp {s!r:.40}")
-    return (base + h * 3600 + mi * 60 + sec - off) * 1_000_000_000 + frac
+    secs_ns = (base + h * 3600 + mi * 60 + sec - off) * 1_000_000_000
+    if off == 0 and len(s) == 30 and s[19] == "." and s[29] == "Z":
+        if len(_SECONDS) > 4096:
+            _SECONDS.clear()
+        _SECONDS[s[:19]] = secs_ns
+    return secs_ns + frac
 
 
 class _Decimals(dict):
@@ -324,14 +343,20 @@ class Normalizer:
                 if type(updates) is not list:
                     raise _Bad("l2 event without updates")
                 bids, asks = [], []
+                add_bid, add_ask, dec, side_of = bids.append, asks.append, _DEC, _L2_SIDE
                 ts_ev = 0
+                last_et = None
                 for u in updates:
-                    is_bid = _L2_SIDE[u["side"]]
-                    lv = (_DEC[u["price_level"]], _DEC[u["new_quantity"]])
-                    (bids if is_bid else asks).append(lv)
+                    is_bid = side_of[u["side"]]
+                    lv = (dec[u["price_level"]], dec[u["new_quantity"]])
+                    if is_bid:
+                        add_bid(lv)
+                    else:
+                        add_ask(lv)
                     et = u.get("event_time")
-                    if et:
+                    if et and et != last_et:        # the updates of one event share their time
                         t = parse_ts(et)
+                        last_et = et
                         if t > ts_ev:
                             ts_ev = t
                 if ts_ev < _EPOCH_FLOOR:

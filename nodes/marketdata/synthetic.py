@@ -76,10 +76,35 @@ def model_for(product: str, spec=None) -> ProductModel:
 
 # --- formatting ---------------------------------------------------------------------------------------
 
+_TS_SECONDS: dict = {}      # whole second -> "YYYY-MM-DDTHH:MM:SS" (strftime is the slow part)
+
+
 def fmt_ts(ns: int) -> str:
     """Integer ns -> RFC 3339 with 9 fractional digits, like live frames."""
     s, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{frac:09d}Z"
+    head = _TS_SECONDS.get(s)
+    if head is None:
+        if len(_TS_SECONDS) > 4096:
+            _TS_SECONDS.clear()
+        head = _TS_SECONDS[s] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+    return f"{head}.{frac:09d}Z"
+
+
+def grid_formatter(inc: Decimal):
+    """``n -> format(n * inc, "f")`` for integers n >= 0; integer arithmetic when ``inc`` is a
+    power of ten (the usual lot and tick sizes), the same strings either way."""
+    sign, digits, exp = inc.as_tuple()
+    if sign == 0 and digits == (1,) and isinstance(exp, int) and exp < 0:
+        k = -exp
+        p = 10 ** k
+
+        def fmt(n: int) -> str:
+            if n < 0:
+                return format(n * inc, "f")
+            q, r = divmod(n, p)
+            return f"{q}.{r:0{k}d}"
+        return fmt
+    return lambda n: format(n * inc, "f")
 
 
 def fmt_go_time(ns: int, uptime_s: float) -> str:
@@ -114,6 +139,8 @@ class _Product:
         self.recent: list = []               # last trades (dicts) for market_trades snapshots
         self.last_move = 0
         self._px: dict = {}
+        self._fmt_px = grid_formatter(model.tick)
+        self.qty = grid_formatter(model.lot)      # lots -> the exact decimal string
         self._requote(first=True)
 
     # strings on the grids (memoised: the same ticks come back all the time)
@@ -122,11 +149,8 @@ class _Product:
         if s is None:
             if len(self._px) > 20000:
                 self._px.clear()
-            s = self._px[ticks] = format(ticks * self.m.tick, "f")
+            s = self._px[ticks] = self._fmt_px(ticks)
         return s
-
-    def qty(self, lots: int) -> str:
-        return format(lots * self.m.lot, "f")
 
     def _size(self, scale: float = 1.0) -> int:
         lots = int(self.m.level_size * scale * self.rng.lognormvariate(0.0, 0.8) / self.lot_f)
