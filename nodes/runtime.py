@@ -217,9 +217,12 @@ class Node:
             self._set_state(NodeState.STOPPING)
         except BaseException as e:  # noqa: BLE001 - report any start/loop failure, then close
             self._error = e
-            if self.state != NodeState.STARTING or not self._ready.is_set():
+            if self.state != NodeState.STARTING:
                 self.log.error("failed: %s: %s", type(e).__name__, e,
                                exc_info=not isinstance(e, (NodeStartError, zmq.ZMQError)))
+            elif not isinstance(e, (NodeStartError, zmq.ZMQError)):
+                # start() raises NodeStartError for this; keep the traceback of an unexpected error
+                self.log.debug("start failed", exc_info=True)
             if self.state in (NodeState.STARTING, NodeState.RUNNING):
                 self._set_state(NodeState.FAILED)
             self._ready.set()
@@ -590,7 +593,9 @@ def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:
     try:
         node.start()
     except NodeStartError as e:
-        log.error("cannot start: %s", e)
+        cause = e.__cause__
+        expected = cause is None or isinstance(cause, (NodeStartError, zmq.ZMQError, _config.ConfigError, OSError))
+        log.error("cannot start: %s", e, exc_info=None if expected else cause)
         return 1
     try:
         while not stop.wait(0.25):

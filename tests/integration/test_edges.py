@@ -135,8 +135,6 @@ def test_unbindable_endpoint_stops_the_node_naming_it(short_tmp):
         assert all(f"tcp://{addr}:" in ln for ln in errors), errors
 
 
-@pytest.mark.xfail(strict=True, reason="nodes/runtime.py logs a start failure twice: the loop thread "
-                   "('failed: NodeStartError: ...') and run_main ('cannot start: ...'); see the report")
 def test_unbindable_endpoint_is_reported_once(short_tmp):
     addr = _unassigned_address()
     (rc, lines), = _run_nodes([("risk", f'host = "{addr}"\n', {})], short_tmp)
