@@ -1,12 +1,12 @@
 """The risk node: the pre-trade gate every order passes, volatility bands, trading states and a
 kill switch that survives restarts.
 
-Subscribes: ``md.`` (ticks, books, feed status, gaps), ``order.``, ``fill.``, ``position.``,
-``pnl``, ``node.heartbeat.execution``, ``node.process``.
+Subscribes: ``md.tick.``, ``md.book.``, ``md.status.``, ``md.gap``, ``md.stale`` (not ``md.trade.``),
+``order.``, ``fill.``, ``position.``, ``pnl``, ``node.heartbeat.execution``, ``node.process``.
 Serves: ``OrderIntent`` -> ``Reply(ok=approved, code, reason, data=RiskDecision)``;
 ``KillSwitchCmd`` (engage | release | status | reduce | resume) -> ``Reply(data=KillSwitch)``;
 ``Query("risk")`` -> the full state (trading state, kill switch, positions, exposures, bands, ...).
-Publishes: ``risk.decision`` (every decision), ``risk.state`` (on change, with the reason),
+Publishes: ``risk.decision`` (every decision, right after its reply), ``risk.state`` (on change, with the reason),
 ``risk.killswitch`` (on change, at start, and when execution's heartbeat (re)appears),
 ``risk.exposure`` and ``risk.band.<P>`` (on change and at least every ``publish_interval_s``).
 
@@ -34,7 +34,9 @@ class RiskNode(Node):
     """Risk node: pre-trade checks, volatility bands, trading states and the kill switch."""
 
     name = "risk"
-    subscriptions = (topics.MD, topics.ORDER, topics.FILL, topics.POSITION, topics.PNL,
+    # the market-data topics it handles (not md.trade: the busiest topic, which risk does not use)
+    subscriptions = (topics.MD_TICK, topics.MD_BOOK, topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE,
+                     topics.ORDER, topics.FILL, topics.POSITION, topics.PNL,
                      topics.heartbeat("execution"), topics.NODE_PROCESS)
 
     def __init__(self, mesh, conf=None, **kw):
@@ -62,17 +64,34 @@ class RiskNode(Node):
         self._flat_thread = None
         self.warm_ms = 0.0
         self.dropped_emits = 0
+        self._deferred = None         # events of a pre-trade check, published after its reply
 
     # --- plumbing -------------------------------------------------------------------------------
     def _emit(self, topic, msg):
         if self.pub is None:          # not started (unit use) or already closed
             self.dropped_emits += 1
             return
+        if self._deferred is not None:
+            self._deferred.append((topic, msg))
+            return
         self.publish(topic, msg)
 
     def _serve_intent(self, env):
-        dec = self.engine.decide(env.msg)
+        # the decision's events (risk.decision, risk.exposure) go out right after the reply, in
+        # this loop thread before anything else is handled: the answer execution waits for is
+        # not held up by publishing them (each send can cost a wake-up of the I/O thread)
+        self._deferred = []
+        try:
+            dec = self.engine.decide(env.msg)
+        finally:
+            out, self._deferred = self._deferred, None
+        if out:
+            self.call_soon(self._publish_deferred, out)
         return Reply(dec.approved, dec.code, dec.reason, dec)
+
+    def _publish_deferred(self, events):
+        for topic, msg in events:
+            self._emit(topic, msg)
 
     def setup(self):
         t0 = time.perf_counter()
