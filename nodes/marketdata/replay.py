@@ -66,6 +66,16 @@ class ReplaySource:
                 "used": self.used, "skipped": self.skipped, "error": self.error}
 
     def _has_raw(self) -> bool:
+        # a file without the tag anywhere holds no RawFrame record: no need to parse it twice
+        tag, tail = b"RawFrame", b""
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    return False
+                if tag in tail + chunk:
+                    break
+                tail = chunk[-len(tag):]
         for env in jsonl.read(self.path):
             if type(env.msg) is proto.RawFrame:
                 return True
