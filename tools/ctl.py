@@ -335,6 +335,9 @@ def main(argv=None, *, out=None, err=None, context=None) -> int:
         p.print_usage(err)
         print(f"tickmesh ctl: {e}", file=err)
         return EXIT_USAGE
+    except config.ConfigError as e:          # e.g. mesh.curve on and no key pair for ctl on this host
+        print(f"tickmesh ctl: config error: {e}", file=err)
+        return EXIT_USAGE
     finally:
         if context is None:
             ctx.destroy(linger=0)

@@ -137,12 +137,24 @@ def endpoints_from_config(conf_path=None, nodes=None) -> list:
     return [cfg.mesh.endpoint(n, "pub") for n in (nodes or config.NODES)]
 
 
+def curve_from_config(conf_path=None, nodes=None) -> dict:
+    """With ``mesh.curve`` on tcp: endpoint -> (public, secret, server key), the tap's own key pair
+    ("tap", from ``tickmesh keys generate``) and each publisher's public key. Empty otherwise."""
+    from nodes import config, security
+    mesh = config.load(conf_path).mesh
+    if not (mesh.curve and mesh.transport == "tcp"):
+        return {}
+    pub, sec = security._load_pair(mesh, "tap")
+    return {mesh.endpoint(n, "pub"): (pub, sec, security._load_public(mesh, n)) for n in (nodes or config.NODES)}
+
+
 class Tap:
     """The SUB socket plus output. ``run()`` returns the number of events seen."""
 
     def __init__(self, endpoints, prefixes=("",), *, out=None, err=None, mode="lines", count=0,
-                 duration=0.0, record=None, stats_interval=1.0, context=None):
+                 duration=0.0, record=None, stats_interval=1.0, context=None, curve=None):
         self.endpoints = list(endpoints)
+        self.curve = curve or {}    # endpoint -> (public, secret, server key): CURVE client keys
         self.prefixes = list(prefixes) or [""]
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -185,6 +197,9 @@ class Tap:
         for p in self.prefixes:
             sub.setsockopt(zmq.SUBSCRIBE, p.encode("ascii"))
         for ep in self.endpoints:
+            keys = self.curve.get(ep)
+            if keys is not None:
+                sub.curve_publickey, sub.curve_secretkey, sub.curve_serverkey = keys
             sub.connect(ep)
         self._open_record()
         deadline = time.monotonic() + self.duration if self.duration else None
@@ -281,6 +296,7 @@ def main(argv=None) -> int:
             p.print_usage(sys.stderr)
             print(f"tickmesh tap: topic prefixes are ASCII: {t!r}", file=sys.stderr)
             return 2
+    curve = {}
     if args.endpoint:
         endpoints = args.endpoint
     else:
@@ -292,12 +308,13 @@ def main(argv=None) -> int:
             return 2
         try:
             endpoints = endpoints_from_config(args.conf, args.node or None)
+            curve = curve_from_config(args.conf, args.node or None)
         except config.ConfigError as e:
             print(f"tickmesh tap: {e}", file=sys.stderr)
             return 2
     mode = "json" if args.json else "stats" if args.stats else "lines"
     tap = Tap(endpoints, args.topic or [""], mode=mode, count=args.count, duration=args.duration,
-              record=args.record, stats_interval=args.interval)
+              record=args.record, stats_interval=args.interval, curve=curve)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, tap.stop)
     if mode != "json":
