@@ -2,9 +2,10 @@
 
 The node's loop thread only appends decoded envelopes to a ``deque`` (O(1), never blocks, never
 does I/O), so the store can never slow the bus. One writer thread wakes every ``flush_interval_s``
-(or early, once ``batch_max`` events wait), formats the batch with ``proto.jsonl.dumps``, writes it
-with one ``write()`` and flushes it to the OS. ``fsync`` decides when the OS is made to put it on
-disk: ``never``, ``interval`` (at most once per flush interval) or ``always`` (after every batch).
+(or early, once ``batch_max`` events wait), formats the batch (``nodes.store.lines.dumps``: exactly
+``proto.jsonl.dumps``'s lines, 2-4x faster), writes it with one ``write()`` and flushes it to the
+OS. ``fsync`` decides when the OS is made to put it on disk: ``never``, ``interval`` (at most once
+per flush interval) or ``always`` (after every batch).
 
 Falling behind is never silent: past ``queue_max`` waiting events new events are dropped, counted
 (``dropped``), logged, and a ``_lag`` line with the count goes into the file where it happened; a
@@ -24,8 +25,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from proto import jsonl
 from proto.codec import Envelope
+
+from . import lines as _lines
 
 FORMAT = "tickmesh.jsonl/1"
 CLOSE_RESERVE = 128       # bytes kept free for the _close line
@@ -360,7 +362,7 @@ class StoreWriter:
                                  depth, self.queue_max, self.dropped)
         if not depth and not lines:
             return False
-        dumps = jsonl.dumps
+        dumps = _lines.dumps
         pop = q.popleft
         todo = depth
         while True:
