@@ -133,6 +133,7 @@ def replay_mesh(tmp: Path, path: Path, expect: int) -> dict:
         gaps["offline"] = summary.counters["gaps"]
         seen = summary.n["ticks"] + summary.n["trades"] + summary.n["books"]
         extra = {n: node.extra_counters() for n, node in nodes.items()}
+        killswitch = summary.killswitch_engaged and summary.killswitch_reason
     finally:
         for name in ("marketdata", "strategy", "execution", "risk", "alerts", "metrics", "store"):
             if name in nodes:
@@ -141,7 +142,7 @@ def replay_mesh(tmp: Path, path: Path, expect: int) -> dict:
         ctx.term()
     return {"secs": t1 - t0, "replay_secs": t_done - t0, "used": rep.get("used", 0), "seen": seen,
             "gaps": gaps, "stored": extra.get("store", {}).get("events_stored", 0),
-            "orders": extra.get("strategy", {}).get("submitted", 0)}
+            "orders": extra.get("strategy", {}).get("submitted", 0), "killswitch": killswitch}
 
 
 def _raw_sub(ctx, ep, n, ready, out):
@@ -226,7 +227,8 @@ def run(quick: bool = False) -> dict:
             print(f"replay: run {i + 1}: {r['used']} events in {r['secs']:.2f} s ({rate:,.0f}/s; the source "
                   f"finished after {r['replay_secs']:.2f} s), summary saw {r['seen']}, store wrote {r['stored']}, "
                   f"strategy orders {r['orders']}, bus gaps {gaps} {r['gaps'] if gaps else ''}; raw inproc "
-                  f"{raws[-1]:,.0f}/s", flush=True)
+                  f"{raws[-1]:,.0f}/s" + (f"; kill switch engaged during the run: {r['killswitch']}"
+                                          if r["killswitch"] else ""), flush=True)
     finally:
         common.rmtree(tmp)
     global LAST_RAW_PER_S

@@ -3,9 +3,10 @@
 The events are those of a store file recorded from the synthetic market (see ``tools.bench.replay``:
 ticks, trades, level2 books, feed status), as the store would receive them.
 
-* ``plain_per_s``: a plain loop writing the same JSON lines, the store's own format
+* ``plain_per_s``: a plain loop writing the same JSON lines, the store's format
   (``proto.jsonl.dumps`` of each decoded envelope, one buffered ``write`` per line, the file closed
-  at the end; no fsync): events/s.
+  at the end; no fsync): events/s. The same loop with the store's own faster formatter of those
+  lines (``nodes.store.lines.dumps``) is printed next to it.
 * ``events_per_s``: the store node (``python -m nodes.store``, its own process, default ``[store]``
   settings: batches of up to 5000, flush every 0.2 s, fsync at most once per interval) receiving
   the same events as encoded frames from a raw XPUB over ipc, sent as fast as pyzmq can, with
@@ -27,9 +28,12 @@ from . import common
 KEYS = ("events_per_s", "plain_per_s", "ratio", "dropped")
 
 
-def plain(envs: list, path) -> float:
-    from proto import jsonl
-    dumps = jsonl.dumps
+def plain(envs: list, path, dumps=None) -> float:
+    """Events/s of a plain loop writing the store lines of ``envs`` (``proto.jsonl.dumps`` unless
+    another formatter of the same lines is given)."""
+    if dumps is None:
+        from proto import jsonl
+        dumps = jsonl.dumps
     t0 = time.perf_counter()
     with open(path, "w", encoding="utf-8") as f:
         w = f.write
@@ -169,12 +173,18 @@ def run(quick: bool = False) -> dict:
         from proto import jsonl
         envs = list(jsonl.read(path))
         frames = replay.frames_of(envs)
+        try:
+            from nodes.store.lines import dumps as fast_dumps
+        except ImportError:             # a checkout from before the store had its own formatter
+            fast_dumps = None
         plains, stores = [], []
         for i in range(rounds):
             plains.append(plain(envs, tmp / f"plain{i}.jsonl"))
+            fast = f" (plain with the store's own formatter, nodes.store.lines.dumps: " \
+                   f"{plain(envs, tmp / f'fast{i}.jsonl', fast_dumps):,.0f}/s)" if fast_dumps else ""
             stores.append(flat_out(frames, tmp / f"flat{i}"))
-            print(f"store: round {i + 1}: {len(frames)} events, store {stores[-1]:,.0f}/s, plain {plains[-1]:,.0f}/s",
-                  flush=True)
+            print(f"store: round {i + 1}: {len(frames)} events, store {stores[-1]:,.0f}/s, plain {plains[-1]:,.0f}/s"
+                  f"{fast}", flush=True)
         rate = bus_rate_of_target3(frames)
         p = paced(frames, rate, paced_s, tmp / "paced")
         print(f"store: at the replay target's bus rate ({rate:,.0f}/s asked, {p['rate']:,.0f}/s sent) for "
