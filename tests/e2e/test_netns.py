@@ -56,6 +56,8 @@ class Namespaces:
         self.made = []
 
     def create(self):
+        for side in "AB":                       # left over by a killed run that had our pid
+            _ip("netns", "del", self.ns[side], check=False)
         for side in "AB":
             _ip("netns", "add", self.ns[side])
             self.made.append(self.ns[side])

@@ -173,7 +173,8 @@ def test_slack_bot_token_mode_uses_chat_post_message(tcp_mesh, ctx, sink, collec
 def test_without_channels_alerts_go_to_the_log(tcp_mesh, ctx, collector, caplog):
     caplog.set_level(logging.WARNING, logger="tickmesh.alerts")
     node, (risk,) = started(tcp_mesh, ctx, conf(feed_grace_s=0.0), {}, "risk")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = collector(tcp_mesh, ["alerts"], ["alert.", "node.heartbeat.alerts"])
+    bus.wait_for(lambda e: e.topic == "node.heartbeat.alerts")      # subscribed (slow joiner)
     try:
         risk.send(topics.PNL, proto.PnL(proto.Decimal("-1500"), proto.Decimal("0"), proto.Decimal("-1500"),
                                         proto.Decimal("98500"), proto.Decimal("1"), "2026-01-01"))
