@@ -427,7 +427,9 @@ class Node:
         if seq <= last:
             self.counters["restarts_seen"] += 1
             self.log.info("publisher %s restarted (topic %s seq %d after %d)", env.source, env.topic, seq, last)
-            return
+            if seq == 1:
+                return
+            last = 0    # the restarted publisher's first seq-1 events on this topic never arrived
         missing = seq - last - 1
         self.counters["gaps"] += missing
         self.counters["gap_events"] += 1
@@ -484,7 +486,7 @@ class Node:
             except DecodeError as e:
                 self.counters["malformed"] += 1
                 self.counters["request_errors"] += 1
-                self._send_reply(head, 0, Reply(False, Code.BAD_REQUEST, str(e)))
+                self._send_reply(head, _salvage_msg_id(payload), Reply(False, Code.BAD_REQUEST, str(e)))
                 continue
             self._send_reply(head, env.msg_id, self.handle_request(env))
 
@@ -559,6 +561,19 @@ class Node:
             self.publish(topics.heartbeat(self.instance), hb)
         except zmq.ZMQError:
             pass
+
+
+def _salvage_msg_id(payload) -> int:
+    """The msg_id of an undecodable request when its envelope is readable, so the client can match
+    the BAD_REQUEST reply to its request; 0 otherwise."""
+    import msgpack
+    try:
+        i = payload.find(b"\x00")
+        obj = msgpack.unpackb(payload[i + 1:], raw=False, ext_hook=lambda c, d: None)
+        mid = obj[3]
+        return mid if type(mid) is int and 0 < mid < 2**64 else 0
+    except Exception:  # noqa: BLE001 - it is garbage; there is nothing to salvage
+        return 0
 
 
 def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:

@@ -8,6 +8,7 @@ import threading
 import time
 from decimal import Decimal
 
+import msgpack
 import pytest
 import zmq
 
@@ -138,6 +139,20 @@ def test_sequence_gaps_and_publisher_restart_are_detected(mesh, ctx):
         assert sink.counters["gaps"] == 4 and sink.counters["gap_events"] == 2
         assert sink.bus_gaps == {"replay": 4}
         assert sink.counters["restarts_seen"] == 1
+        # a restarted publisher whose first events were lost: those are counted as a gap too
+        for _ in range(5):                                          # seq 1..5 on a fresh topic
+            pub.send(restarted.encode("md.tick.SOL-USD", TICK))
+        again = proto.Encoder("replay")
+        again.encode("md.tick.SOL-USD", TICK)                      # seq 1, never sent
+        again.encode("md.tick.SOL-USD", TICK)                      # seq 2, never sent
+        sink.got.clear()
+        pub.send(again.encode("md.tick.SOL-USD", TICK._replace(product="SEQ3")))
+        deadline = time.monotonic() + 5
+        while not any(e.msg.product == "SEQ3" for e in sink.ticks):
+            assert time.monotonic() < deadline
+            sink.got.clear()
+            sink.got.wait(0.05)
+        assert sink.counters["restarts_seen"] == 2 and sink.counters["gaps"] == 6
     finally:
         pub.close(linger=0)
         sink.stop()
@@ -176,6 +191,12 @@ def test_malformed_frames_are_counted_and_dropped_node_keeps_serving(mesh, ctx):
         assert dealer.poll(2000)
         r = proto.decode(dealer.recv()).msg
         assert (r.ok, r.code) == (False, Code.BAD_REQUEST)
+        # a readable envelope with a bad body: the reply carries the request's msg_id
+        bad = b"req\x00" + msgpack.packb([proto.MAJOR, 0, "Tick", 4242, "c", 1, 1, 1, ["B", "NaN"]])
+        dealer.send(bad)
+        assert dealer.poll(2000)
+        rep = proto.decode(dealer.recv())
+        assert rep.msg_id == 4242 and rep.msg.code == Code.BAD_REQUEST and "Tick" in rep.msg.reason
         dealer.send_multipart([b"a", b"b", b"c"])
         assert dealer.poll(2000)
         assert proto.decode(dealer.recv_multipart()[-1]).msg.code == Code.BAD_REQUEST
