@@ -94,6 +94,9 @@ class StoreNode(Node):
             last = self._resume.pop((env.source, env.topic), None)
             if last is not None and env.seq > last + 1:
                 self._gap_across_restart(env.source, env.topic, env.seq - last - 1, last)
+            elif last is not None and 1 < env.seq <= last:
+                # the publisher restarted too while no store ran: its first seq-1 events are missing
+                self._gap_across_restart(env.source, env.topic, env.seq - 1, 0)
         self.writer.put(env)
 
     def _gap_across_restart(self, source, topic, missing, last):
