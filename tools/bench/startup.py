@@ -6,9 +6,10 @@ socket, logs and pid file there) with ``autostart=false`` on the seven node prog
 supervisord is started with a private ``TICKMESH_CONF`` (tcp on free ports, the synthetic
 market-data source, the metrics endpoint on a free port, state in the temp directory). Once its
 control socket answers, a subscriber connected to every node's PUB endpoint starts listening for
-``node.heartbeat.*``; the clock starts when ``supervisorctl start tickmesh:*`` is run and stops at
-the last node's first heartbeat (a node publishes one as soon as it is ready: sockets bound,
-``setup()`` done, for risk its Numba kernels loaded and warmed).
+``node.heartbeat.*``; the clock (wall time) starts when ``supervisorctl start tickmesh:*`` is run
+and stops at the last node's first heartbeat (a node publishes one as soon as it is ready: sockets
+bound, ``setup()`` done, for risk its Numba kernels loaded and warmed). A heartbeat the subscriber
+missed (slow joiner) is dated from a later one (see ``Heartbeats``).
 
 * ``cold_s``: ``NUMBA_CACHE_DIR`` is a new empty directory: the risk node compiles its kernels.
 * ``warm_s``: the same directory again, now holding what the cold start compiled.
@@ -52,9 +53,16 @@ def _conf_copy(tmp: Path) -> Path:
 
 
 class Heartbeats:
-    """First heartbeat time (monotonic) of each node, from a SUB socket in a thread."""
+    """When each node published its first heartbeat (wall-clock ns), from a SUB socket in a thread.
+
+    A subscriber cannot be sure to catch a node's very first heartbeat (it is published as soon as
+    the node is ready, possibly before our connection and subscription reach the new PUB socket).
+    Heartbeats are timer-driven from that first one (``every(heartbeat_s, first=0)``, without drift)
+    and numbered (``seq`` per topic from 1), so the first one's time is the envelope time of the
+    first heartbeat seen minus ``(seq - 1) x heartbeat_s`` (a late timer only makes it later)."""
 
     def __init__(self, mesh):
+        self.hb_ns = int(mesh.heartbeat_s * 1e9)
         self.first = {}
         self.ctx = zmq.Context()
         self._stop = threading.Event()
@@ -68,18 +76,18 @@ class Heartbeats:
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SUBSCRIBE, b"node.heartbeat.")
+        s.setsockopt(zmq.RECONNECT_IVL, 20)          # connect soon after each node binds
         for n in PROGRAMS:
             s.connect(mesh.endpoint(n, "pub"))
         self._ready.set()
         while not self._stop.is_set():
             if s.poll(50):
-                f = s.recv()
-                t = time.monotonic()
                 try:
-                    node = proto.decode(f).msg.node
+                    env = proto.decode(s.recv())
                 except proto.DecodeError:
                     continue
-                self.first.setdefault(node, t)
+                if env.msg.node not in self.first:
+                    self.first[env.msg.node] = env.ts_event - (env.seq - 1) * self.hb_ns
         s.close()
 
     def close(self):
@@ -113,20 +121,20 @@ def one_start(numba_dir: Path, tmp: Path) -> float:
                 raise RuntimeError("supervisord's control socket never answered")
             time.sleep(0.05)            # polling a process we do not control
         hb = Heartbeats(mesh)
-        t0 = time.monotonic()
+        t0 = time.time_ns()
         start = subprocess.Popen(ctl + ["start", "tickmesh:*"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
-        deadline = t0 + 120
-        while len(hb.first) < len(PROGRAMS) or any(p not in hb.first for p in PROGRAMS):
+        deadline = time.monotonic() + 120
+        while any(p not in hb.first for p in PROGRAMS):
             if time.monotonic() > deadline:
                 missing = [p for p in PROGRAMS if p not in hb.first]
                 out = start.communicate(timeout=30)[0] if start.poll() is not None else ""
                 raise RuntimeError(f"startup: no heartbeat from {missing} within 120 s {out}")
             hb._stop.wait(0.01)
-        secs = max(hb.first[p] for p in PROGRAMS) - t0
+        secs = (max(hb.first[p] for p in PROGRAMS) - t0) / 1e9
         order = sorted(PROGRAMS, key=lambda p: hb.first[p])
         print(f"startup: first heartbeats after (s): "
-              + ", ".join(f"{p} {hb.first[p] - t0:.2f}" for p in order), flush=True)
+              + ", ".join(f"{p} {(hb.first[p] - t0) / 1e9:.2f}" for p in order), flush=True)
         start.communicate(timeout=60)
         return secs
     finally:
