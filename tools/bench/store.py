@@ -222,4 +222,5 @@ def table(sec: dict) -> str:
     return (f"store node, events written:        {sec['events_per_s']:>10,} events/s\n"
             f"plain JSON-lines writes, same lines: {sec['plain_per_s']:>8,} events/s\n"
             f"ratio {sec['ratio']:.2f} (target >= 0.5: {ok}); dropped at the replay target's bus rate: "
-            f"{sec['dropped']} (target 0: {'ok' if sec['dropped'] == 0 else 'MISSED'})")
+            f"{sec['dropped']} (target 0: {'ok' if sec['dropped'] == 0 else 'MISSED'}; over the paced run, "
+            f"10 s, --quick 4 s: see whether it kept up above)")
