@@ -151,7 +151,8 @@ class Probe:
         self.heartbeats = {}
         self.orders = []            # (recv_ns, frame)
         self.fills = []
-        self.fill_count = 0
+        self.fill_count = 0         # orders with at least one fill (an order may fill in pieces)
+        self._filled = set()
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="t2t-probe", daemon=True)
@@ -191,7 +192,10 @@ class Probe:
                     t = now()
                     if f[:5] == b"fill.":
                         fills.append((t, f))
-                        self.fill_count += 1
+                        coid = proto.decode(f).msg.client_order_id
+                        if coid not in self._filled:
+                            self._filled.add(coid)
+                            self.fill_count += 1
                     elif f[:9] == b"order.new":
                         orders.append((t, f))
                     else:
@@ -269,7 +273,7 @@ def run_mesh(transport: str, trades: int, warmup: int, tmp) -> dict:
         probe.wait(lambda: probe.fill_count >= warmup, 60, f"{warmup} warm-up fills", alive)
         skip = len(probe.fills)
         t0 = time.monotonic()
-        need = skip + trades
+        need = probe.fill_count + trades + 1       # the order filling at the cut may be dropped
         probe.wait(lambda: probe.fill_count >= need, 60 + 5 * trades / RATE_HZ, f"{trades} measured fills", alive)
         secs = time.monotonic() - t0
         counters = dict(probe.heartbeats["strategy"].counters)
