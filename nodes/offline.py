@@ -177,17 +177,24 @@ def build_config(args):
         if not path.exists():
             raise _config.ConfigError(f"--source: replay file not found: {path}")
         md.update(source="replay", replay_file=str(path.resolve()), replay_speed=args.speed)
+        # trade what the file holds: a configured product with no data would stay unhealthy and
+        # trip risk's stale-feed kill switch after a few seconds of a long replay
+        products = replay_products(path)
+        if products:
+            cfg = cfg.replace("mesh", products=products)
     else:
         raise _config.ConfigError(f"--source: expected synthetic or replay:FILE, got {src!r}")
     try:
         cfg = cfg.replace("marketdata", **md)
     except (TypeError, ImportError, ModuleNotFoundError):
         pass    # no market-data node in this checkout
-    if args.lockstep is not None:
-        try:
+    try:   # lockstep waits for exactly the nodes this run starts (no probing on a busy machine)
+        names = tuple(n for n, _ in available_nodes() if n != "marketdata")
+        cfg = cfg.replace("marketdata", lockstep_nodes=names)
+        if args.lockstep is not None:
             cfg = cfg.replace("marketdata", lockstep=args.lockstep)
-        except (TypeError, ImportError, ModuleNotFoundError):
-            pass
+    except (TypeError, ImportError, ModuleNotFoundError):
+        pass
     if src.startswith("replay:"):
         try:   # throttle by the recording's clock: the same orders pass at any replay speed
             cfg = cfg.replace("risk", rate_clock="market")
@@ -206,6 +213,19 @@ def build_config(args):
     except (TypeError, ImportError, ModuleNotFoundError):
         pass
     return cfg
+
+
+def replay_products(path) -> tuple:
+    """The products of the market-data events in a store file (one pass over its bytes)."""
+    import re
+    pat = re.compile(rb'"topic":"md\.(?:tick|trade|book)\.([A-Za-z0-9-]+)"')
+    found = set()
+    with open(path, "rb") as f:
+        for line in f:
+            m = pat.search(line, 0, 80)
+            if m:
+                found.add(m.group(1).decode())
+    return tuple(sorted(found))
 
 
 def replay_finished(nodes) -> bool:

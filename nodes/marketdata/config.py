@@ -54,6 +54,8 @@ class MarketDataConfig:
     # synthetic/replay: publish one event at a time and wait until every node that answers requests
     # has processed it (and what it caused) before the next; None = on for a replay over inproc
     lockstep: Optional[bool] = None
+    # the nodes lockstep waits for; empty: every node that answers a quick probe at the start
+    lockstep_nodes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.source not in SOURCES:

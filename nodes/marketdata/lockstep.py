@@ -34,11 +34,15 @@ class Barrier:
         node = self.node
         self.clients = []
         skipped = []
-        for name in NODES:
+        named = tuple(getattr(node.conf, "lockstep_nodes", ()) or ())
+        for name in named or NODES:
             if name == node.instance or stopping():
                 continue
             c = RequestClient.for_node(node.mesh, name, timeout_ms=PROBE_MS, source=f"{node.instance}-lockstep",
                                        context=node._ctx)
+            if named:               # known members: wait for them however busy the machine is
+                self.clients.append((name, c))
+                continue
             try:
                 c.request(Query("status"))
                 self.clients.append((name, c))
