@@ -351,7 +351,11 @@ class Node:
                         os.read(wake, 4096)
                     except BlockingIOError:
                         pass
-            while self._calls and not self._stopping:
+            # only what was queued before this point: a source that keeps the queue full (a
+            # full-speed replay) must not starve the timers (heartbeats, md.status) and sockets
+            for _ in range(len(self._calls)):
+                if self._stopping:
+                    break
                 fn, args = self._calls.popleft()
                 try:
                     fn(*args)

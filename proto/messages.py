@@ -89,10 +89,18 @@ def _levels_in(v, name):
     if type(v) is not list:
         raise DecodeError(f"{name}: expected list of [price, size], got {type(v).__name__}")
     out = []
-    for lv in v:
-        if type(lv) is not list or len(lv) != 2:
-            raise DecodeError(f"{name}: every level must be [price, size], got {lv!r:.60}")
-        out.append([_dec_in(lv[0], name), _dec_in(lv[1], name)])
+    cache = DECIMALS
+    try:
+        for lv in v:
+            if type(lv) is not list or len(lv) != 2:
+                raise DecodeError(f"{name}: every level must be [price, size], got {lv!r:.60}")
+            out.append([cache[lv[0]], cache[lv[1]]])     # memoised, validated on a miss
+    except (ArithmeticError, _WireTypeError, TypeError, DecodeError) as e:
+        if isinstance(e, DecodeError) and "every level" in str(e):
+            raise
+        for lv in v:                                      # name the bad value
+            _dec_in(lv[0], name), _dec_in(lv[1], name)
+        raise DecodeError(f"{name}: bad level") from None
     return out
 
 
