@@ -580,9 +580,11 @@ def _salvage_msg_id(payload) -> int:
         return 0
 
 
-def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:
+def run_main(node_cls, argv=None, description=None, log_stream=None, build=None) -> int:
     """The ten-line main() of every node: args, logging, config, build, start, wait, stop.
-    ``log_stream``: where logs go (stdout by default; the supervisord event listener needs stderr)."""
+    ``log_stream``: where logs go (stdout by default; the supervisord event listener needs stderr).
+    ``build(cfg, stop_event)``: make the node (default ``node_cls.from_config(cfg)``); a node that
+    can end on its own (end of input) sets ``stop_event``."""
     import argparse
     from . import config as _config
     doc = (node_cls.__doc__ or f"the {node_cls.name} node").strip().splitlines()[0]
@@ -597,8 +599,9 @@ def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:
         return 2
     _log.setup(args.log_level or cfg.mesh.log_level, stream=log_stream)
     log = _log.get(node_cls.name)
+    stop = threading.Event()
     try:
-        node = node_cls.from_config(cfg)
+        node = build(cfg, stop) if build is not None else node_cls.from_config(cfg)
     except _config.ConfigError as e:
         print(f"{node_cls.name}: config error: {e}", file=sys.stderr)
         return 2
@@ -606,9 +609,9 @@ def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:
     if cpus:
         os.sched_setaffinity(0, cpus)
         log.info("pinned to cpus %s", cpus)
-    stop = threading.Event()
+    signaled = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: (signaled.append(1), stop.set()))
     try:
         node.start()
     except NodeStartError as e:
@@ -621,7 +624,7 @@ def run_main(node_cls, argv=None, description=None, log_stream=None) -> int:
             if not node.alive:
                 log.error("loop died: %s", node._error)
                 return 1
-        log.info("signal received, stopping")
+        log.info("signal received, stopping" if signaled else "stopping")
     finally:
         t0 = time.monotonic()
         node.stop()
