@@ -37,8 +37,7 @@ class Sink:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 req = Request(self.path, dict(self.headers), self.rfile.read(n))
-                status, headers, body = sink._answer(req)
-                req.status = status
+                status, headers, body = sink._answer(req)     # records req, in answer order
                 payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
                 for k, v in headers.items():
@@ -47,7 +46,6 @@ class Sink:
                 self.end_headers()
                 self.wfile.write(payload)
                 with sink._cv:
-                    sink.requests.append(req)
                     sink._cv.notify_all()
 
             def log_message(self, *args):
@@ -73,6 +71,15 @@ class Sink:
             self._scripts.setdefault(path, []).extend(answers)
 
     def _answer(self, req):
+        """Choose the answer and record the request under one lock: a client that retries at once
+        (429 with Retry-After: 0) cannot see its retry recorded before the first attempt."""
+        ans = self._choose(req)
+        with self._cv:
+            req.status = ans[0]
+            self.requests.append(req)
+        return ans
+
+    def _choose(self, req):
         with self._cv:
             q = self._scripts.get(req.path)
             if q:
