@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="tickmesh",
@@ -7,6 +7,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["nodes", "nodes.*", "proto", "proto.*", "tools", "tools.*"]),
     include_package_data=True,
+    # the envelope decoder in C; optional: without a compiler proto.codec uses its Python twin
+    ext_modules=[Extension("proto._speedups", ["proto/_speedups.c"], optional=True)],
     install_requires=[
         "pyzmq>=25,<28",
         "msgpack>=1.0,<2",

@@ -18,6 +18,7 @@ Decimal fields travel as their exact string (e.g. ``"65000.01"``); the schema in
 Inside free-form fields (``Reply.data``) a Decimal travels as msgpack ext type 1 holding its string
 and a typed record as ext type 2 holding msgpack ``[type_tag, body]``.
 """
+import os
 import random
 import time
 from decimal import Decimal, InvalidOperation
@@ -84,7 +85,7 @@ def _unpack(data):
 class Encoder:
     """Encodes envelopes for one publisher. Not thread-safe: one per thread/socket."""
 
-    __slots__ = ("source", "_pack", "_base", "_count", "_seqs", "_topics")
+    __slots__ = ("source", "_pack", "_base", "_count", "_seqs", "_topics", "_tags")
 
     def __init__(self, source: str):
         self.source = source
@@ -93,18 +94,22 @@ class Encoder:
         self._count = 0
         self._seqs: dict = {}
         self._topics: dict = {}
+        self._tags: dict = {}          # record class -> tag, for classes checked against REGISTRY
 
     def encode(self, topic: str, msg, ts_event: int = 0, ts_recv: int = 0, msg_id: int = 0) -> bytes:
         """Encode ``msg`` on ``topic``. ``msg_id`` is given for replies (the request's id)."""
         tb = self._topics.get(topic)
         if tb is None:
-            if not topic or not topic.isascii() or "\x00" in topic:
+            if not topic or type(topic) is not str or not topic.isascii() or "\x00" in topic:
                 raise EncodeError(f"bad topic {topic!r}")
             tb = self._topics[topic] = topic.encode("ascii") + SEP
         cls = type(msg)
-        tag = getattr(cls, "TAG", None)
-        if tag is None or REGISTRY.get(tag) is not cls:
-            raise EncodeError(f"not a registered message: {cls.__name__}")
+        tag = self._tags.get(cls)
+        if tag is None:
+            tag = getattr(cls, "TAG", None)
+            if tag is None or REGISTRY.get(tag) is not cls:
+                raise EncodeError(f"not a registered message: {cls.__name__}")
+            self._tags[cls] = tag
         try:
             body = cls._encode(msg)
         except EncodeError:
@@ -112,15 +117,24 @@ class Encoder:
         except (AttributeError, TypeError, ValueError) as e:
             raise EncodeError(f"cannot encode {cls.__name__}: {e}") from None
         seq = self._seqs.get(topic, 0) + 1
-        self._seqs[topic] = seq
         self._count += 1
-        now = _time_ns()
+        if not (ts_event and ts_recv):
+            now = _time_ns()
+            ts_event = ts_event or now
+            ts_recv = ts_recv or now
+        env = [MAJOR, MINOR, tag, msg_id or self._base + self._count, self.source, seq, ts_event, ts_recv, body]
+        if _pack_frame is not None:
+            try:
+                frame = _pack_frame(tb, env)
+                self._seqs[topic] = seq
+                return frame
+            except _Unsupported:       # an ext type, a subclass, a huge int...: msgpack's packer
+                pass
         try:
-            payload = self._pack([MAJOR, MINOR, tag, msg_id or self._base + self._count, self.source, seq,
-                                  ts_event or now, ts_recv or now, body])
+            payload = self._pack(env)
         except (TypeError, ValueError, OverflowError) as e:
-            self._seqs[topic] = seq - 1   # nothing went out: keep the sequence contiguous
-            raise EncodeError(f"cannot encode {tag}: {e}") from None
+            raise EncodeError(f"cannot encode {tag}: {e}") from None   # seq unchanged: nothing went out
+        self._seqs[topic] = seq
         return tb + payload
 
     def next_id(self) -> int:
@@ -132,8 +146,12 @@ _unpackb = msgpack.unpackb
 _tuple_new = tuple.__new__
 
 
-def decode(frame) -> Envelope:
-    """Decode one wire frame. Raises ``DecodeError`` for anything that is not a valid envelope."""
+def decode_py(frame) -> Envelope:
+    """Decode one wire frame. Raises ``DecodeError`` for anything that is not a valid envelope.
+
+    The pure Python decoder. ``decode`` is the C envelope decoder (``proto._speedups``) when it was
+    built: it runs the well-formed fast path and hands every other frame to this function, so both
+    accept, refuse and explain exactly the same frames."""
     if type(frame) is not bytes:
         frame = bytes(frame)
     if len(frame) > MAX_FRAME:
@@ -160,6 +178,28 @@ def decode(frame) -> Envelope:
     if type(body) is not list or len(body) != len(cls._fields):
         return _tuple_new(Envelope, (topic, msg_id, source, seq, ts_event, ts_recv, decode_body(cls, body)))
     return _tuple_new(Envelope, (topic, msg_id, source, seq, ts_event, ts_recv, cls._decode(body)))
+
+
+def _speedups():
+    if os.environ.get("TICKMESH_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups as sp
+    except ImportError:          # no C compiler at install time: the pure Python decoder
+        return None
+    # tag -> (record class, its unwrapped body decoder, field count); a tag registered later is
+    # not in it and takes the Python path
+    fast = {tag: (cls, cls._decode_fast, len(cls._fields)) for tag, cls in REGISTRY.items()}
+    sp.configure(_unpackb, {"ext_hook": _ext_hook, "raw": False}, fast, Envelope, decode_py,
+                 MAJOR, MAX_FRAME, SEP)
+    return sp
+
+
+_SP = _speedups()
+decode = _SP.decode if _SP is not None else decode_py
+_pack_frame = _SP.pack_frame if _SP is not None else None
+_Unsupported = _SP.Unsupported if _SP is not None else ()
+SPEEDUPS = _SP is not None   # reported by `tickmesh` tools and the bus benchmark
 
 
 def encode(topic: str, msg, source: str = "anon", ts_event: int = 0, ts_recv: int = 0) -> bytes:

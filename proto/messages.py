@@ -264,7 +264,7 @@ def _compile(cls):
             if isinstance(e, DecodeError):
                 raise
             raise DecodeError(f"{cls.TAG}: bad field value ({type(e).__name__})") from None
-    return _decode, ns["_encode"]
+    return _decode, ns["_encode"], dec
 
 
 def _null(name):
@@ -277,9 +277,12 @@ def message(tag: str):
         if tag in REGISTRY:
             raise ValueError(f"duplicate message tag {tag}")
         cls.TAG = tag
-        dec, enc = _compile(cls)
+        dec, enc, fast = _compile(cls)
         cls._decode = staticmethod(dec)
         cls._encode = staticmethod(enc)
+        # the same decoder without the error-naming wrapper (proto._speedups calls it and, on any
+        # exception, hands the frame to the Python decode, which names the field)
+        cls._decode_fast = staticmethod(fast)
         cls._nreq = len(cls._fields) - len(cls._field_defaults)
         REGISTRY[tag] = cls
         return cls

@@ -1,0 +1,185 @@
+"""proto._speedups (the C envelope decoder and frame packer) against the pure Python codec: the same
+frames accepted with the same envelopes, the same frames refused with the same messages, and the
+same bytes on the wire."""
+from decimal import Decimal
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import proto
+from proto import DecodeError, EncodeError, codec
+
+sp = pytest.importorskip("proto._speedups", reason="C extension not built (no compiler at install)")
+pytestmark = pytest.mark.skipif(not codec.SPEEDUPS, reason="TICKMESH_PURE_PYTHON set")
+
+
+def both(frame):
+    """(result or error message) of the C and the Python decoders."""
+    out = []
+    for fn in (codec.decode, codec.decode_py):
+        try:
+            out.append(("ok", fn(frame)))
+        except DecodeError as e:
+            out.append(("err", str(e)))
+    return out
+
+
+def test_the_c_paths_are_the_ones_in_use():
+    assert codec.decode is sp.decode
+    assert codec._pack_frame is sp.pack_frame
+
+
+def test_every_message_type_decodes_identically():
+    enc = proto.Encoder("src")
+    samples = {Decimal: Decimal("1.5"), str: "s", int: 7, bool: True, float: 0.25}
+    from typing import get_type_hints
+    from proto.messages import DecMap, IntMap, Levels
+    for tag, cls in proto.REGISTRY.items():
+        hints = get_type_hints(cls)
+        vals = []
+        for f in cls._fields:
+            tp = hints[f]
+            args = getattr(tp, "__args__", ())
+            if type(None) in args:
+                tp = [a for a in args if a is not type(None)][0]
+            vals.append({Levels: [[Decimal(1), Decimal(2)]], DecMap: {"a": Decimal("3")},
+                         IntMap: {"a": 1}, list: ["x"], dict: {"k": 1}}.get(tp, samples.get(tp, None)))
+        frame = enc.encode("t." + tag, cls(*vals))
+        c, p = both(frame)
+        assert c == p and c[0] == "ok", tag
+        assert type(c[1]) is proto.Envelope and type(c[1].msg) is cls
+
+
+BAD = [
+    b"", b"garbage", b"\x00abc", b"t\x00\xc1\xc1", b"\xff\xfe\x00abc",
+    b"t\x00" + msgpack.packb([codec.MAJOR + 1, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["1"] * 6]),
+    b"t\x00" + msgpack.packb([True, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["1"] * 6]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", True, "s", 1, 1, 1, ["B"] + ["1"] * 6]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Nope", 1, "s", 1, 1, 1, []]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["x"] * 6]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["1"] * 5]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["1"] * 6 + ["extra"]]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, ("B",) + ("1",) * 6, "x"]),
+    b"t\xc3\xa9\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["1"] * 6]),
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, ["B"] + ["1"] * 6]) + b"\x01",
+    b"t\x00" + msgpack.packb([codec.MAJOR, 0, "Tick", 1, "s", 1, 1, 1, {"a": 1}]),
+    b"t\x00" + b"\x00" * (codec.MAX_FRAME + 1),
+]
+
+
+@pytest.mark.parametrize("frame", BAD)
+def test_bad_and_unusual_frames_get_the_same_answer(frame):
+    c, p = both(frame)
+    assert c == p
+
+
+def test_non_bytes_input_takes_the_same_path():
+    good = proto.encode("md.tick.X", proto.Tick("X", *[Decimal("1.25")] * 6))
+    for f in (bytearray(good), memoryview(good)):
+        c, p = both(f)
+        assert c == p and c[0] == "ok"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_and_cut_frames_get_the_same_answer(data):
+    msg = data.draw(st.sampled_from([
+        proto.Tick("BTC-USD", *[Decimal("65000.5")] * 6),
+        proto.Book("ETH-USD", [[Decimal("3200.1"), Decimal("2")]], [[Decimal("3200.2"), Decimal("0.5")]]),
+        proto.Reply(True, "OK", "", {"x": Decimal("1.5"), "n": [1, 2]}),
+    ]))
+    good = proto.encode(data.draw(st.sampled_from(["md.tick.BTC-USD", "t", "md.tick.ETH-USD"])), msg)
+    i = data.draw(st.integers(0, len(good) - 1))
+    b = data.draw(st.integers(0, 255))
+    for f in (good, good[:i] + bytes([b]) + good[i + 1:], good[:data.draw(st.integers(0, len(good)))]):
+        c, p = both(f)
+        assert c == p
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_gets_the_same_answer(data):
+    for f in (data, b"md.tick.X\x00" + data):
+        c, p = both(f)
+        assert c == p
+
+
+def test_topic_and_source_reuse_never_mixes_frames_up():
+    enc_a, enc_b = proto.Encoder("alpha"), proto.Encoder("beta")
+    for i in range(50):
+        enc, topic = (enc_a, "md.tick.A") if i % 3 else (enc_b, "md.tick.BB")
+        env = codec.decode(enc.encode(topic, proto.Tick(topic[-2:], *[Decimal(i + 1)] * 6)))
+        assert (env.source, env.topic) == (("alpha", "md.tick.A") if i % 3 else ("beta", "md.tick.BB"))
+        assert env.msg.price == Decimal(i + 1)
+    # a topic longer than the reuse buffer still decodes
+    long = "t." + "x" * 300
+    assert codec.decode(enc_a.encode(long, proto.Query("status", ""))).topic == long
+
+
+# --- the frame packer ---------------------------------------------------------------------------
+
+plain = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=False),
+              st.text(max_size=300), st.binary(max_size=300)),
+    lambda inner: st.one_of(st.lists(inner, max_size=20), st.tuples(inner, inner),
+                            st.dictionaries(st.text(max_size=10), inner, max_size=20)),
+    max_leaves=60)
+
+
+@settings(max_examples=500, deadline=None)
+@given(plain)
+def test_pack_frame_writes_msgpacks_exact_bytes(v):
+    assert sp.pack_frame(b"topic\x00", v) == b"topic\x00" + msgpack.packb(v, use_bin_type=True)
+
+
+@pytest.mark.parametrize("size", [0, 15, 16, 31, 32, 255, 256, 65535, 65536])
+def test_pack_frame_length_boundaries(size):
+    for v in ("a" * size, b"b" * size, [0] * size, {str(i): i for i in range(size)}):
+        assert sp.pack_frame(b"", v) == msgpack.packb(v, use_bin_type=True)
+
+
+@pytest.mark.parametrize("v", [2**64, -2**63 - 1, msgpack.ExtType(1, b"x"), "\ud800", Decimal(1), True.__class__,
+                               [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]])
+def test_pack_frame_refuses_what_it_does_not_pack(v):
+    with pytest.raises(sp.Unsupported):
+        sp.pack_frame(b"", v)
+
+
+def test_encoder_falls_back_to_msgpack_for_ext_types_and_keeps_sequences():
+    enc = proto.Encoder("s")
+    r = proto.Reply(True, "OK", "", {"d": Decimal("1.5"), "rec": proto.Query("a", "b")})   # ext types
+    f1 = enc.encode("r", r)
+    f2 = enc.encode("r", proto.Query("x", ""))
+    e1, e2 = codec.decode(f1), codec.decode(f2)
+    assert e1.msg == r and (e1.seq, e2.seq) == (1, 2)
+    with pytest.raises(EncodeError):
+        enc.encode("r", proto.Reply(True, "OK", "", {"n": 2**70}))       # too big for msgpack
+    assert codec.decode(enc.encode("r", proto.Query("y", ""))).seq == 3     # nothing went out: no gap
+
+
+def test_encoder_output_is_the_python_encoders_bytes():
+    t = proto.Tick("BTC-USD", Decimal("65000.01"), Decimal("65000"), Decimal("0.5"), Decimal("65000.02"),
+                   Decimal("0.25"), Decimal("9000.12"))
+    frame = proto.Encoder("marketdata").encode("md.tick.BTC-USD", t, ts_event=5, ts_recv=6)
+    i = frame.index(b"\x00")
+    obj = msgpack.unpackb(frame[i + 1:])
+    assert frame[i + 1:] == msgpack.packb(obj, use_bin_type=True)
+    assert obj[2] == "Tick" and obj[4] == "marketdata" and obj[5:8] == [1, 5, 6]
+
+
+def test_the_pure_python_codec_passes_the_codec_suite_on_its_own():
+    """Without the extension (TICKMESH_PURE_PYTHON=1, as on a machine with no compiler) the codec
+    suite passes too: the Python decoder and the msgpack packer path of the Encoder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TICKMESH_PURE_PYTHON="1")
+    check = "import proto.codec as c, sys; sys.exit(0 if not c.SPEEDUPS and c._pack_frame is None else 1)"
+    assert subprocess.run([sys.executable, "-c", check], cwd=root, env=env, timeout=60).returncode == 0
+    cp = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                         "tests/unit/test_proto_codec.py"], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=300)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
