@@ -320,23 +320,26 @@ def batch(st, prices, ts, out_std, out_ewma, out_atr):
         oe = out_ewma[i0:i0 + m]
         oa = out_atr[i0:i0 + m]
         rb = rbuf[:m]
-        # 1. the chunk's log returns into rb (rb[k] belongs to px[k]; NaN: no return for it)
-        good = 0
-        for k in range(m):
-            good += 1 if (px[k] > 0.0 and px[k] < np.inf) else 0
+        # 1. the chunk's log returns into rb (rb[k] belongs to px[k]; NaN: no return for it).
+        # One vectorised pass counts the valid prices and computes u = (p - q) / (p + q) and the
+        # atanh series for every price against the one before (the first against prev); it is
+        # kept when every price is valid and there is a previous price (the usual case), and
+        # moves too large for the series (rare) are redone with libm, as _logret does.
+        x = px[0]
+        good = 1 if (x > 0.0 and x < np.inf) else 0
+        u = (x - prev) / (x + prev)
+        big = 1 if abs(u) >= LOGRET_FAST else 0
+        rb[0] = _atanh2(u)
+        for k in range(1, m):
+            x = px[k]
+            y = px[k - 1]
+            good += 1 if (x > 0.0 and x < np.inf) else 0
+            u = (x - y) / (x + y)
+            big += 1 if abs(u) >= LOGRET_FAST else 0
+            rb[k] = _atanh2(u)
         used += good
         allgood = good == m
         if allgood and prev > 0.0:
-            # every price valid (the usual case): vectorised. u first (one division each), then
-            # the atanh series; moves too large for it (rare) are redone with libm, as _logret does
-            rb[0] = (px[0] - prev) / (px[0] + prev)
-            for k in range(1, m):
-                rb[k] = (px[k] - px[k - 1]) / (px[k] + px[k - 1])
-            big = 0
-            for k in range(m):
-                u = rb[k]
-                big += 1 if abs(u) >= LOGRET_FAST else 0
-                rb[k] = _atanh2(u)
             if big:
                 y = prev
                 for k in range(m):
