@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
+from nodes.fsutil import replace_durably, write_all
 from proto import Fill, to_plain
 
 from .orders import OrderState
@@ -105,17 +106,8 @@ class Journal:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_all(fd, b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records))
+            replace_durably(fd, tmp, self.path)
         except BaseException:
             os.close(fd)
             raise

@@ -24,6 +24,7 @@ import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from nodes.fsutil import replace_durably, write_all
 from proto import KillSwitch, RiskState
 
 ACTIVE = "ACTIVE"
@@ -147,19 +148,10 @@ class StateFile:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
+                write_all(fd, data)
+                replace_durably(fd, tmp, self.path)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
         except OSError:
             self.errors += 1
             try:
