@@ -70,6 +70,9 @@ class Node:
     publishers: tuple = NODES       # whose PUB sockets to connect to (self excluded)
     bind_pub = True
     bind_rep = True
+    # frame -> Envelope for the SUB socket (raises proto.DecodeError); the store swaps in
+    # proto.jsonl.decode_for_store, which keeps market data as its store line
+    frame_decoder = staticmethod(proto.decode)
 
     def __init__(self, mesh: MeshConfig, conf=None, *, context: zmq.Context = None,
                  secrets: dict = None, instance: str = None):
@@ -383,7 +386,7 @@ class Node:
     def _drain_sub(self, budget: int = 2000):
         # the hot path: everything looked up once, the in-order sequence case inlined
         recv = self.sub.recv
-        decode = proto.decode
+        decode = self.frame_decoder
         counters = self.counters
         seqs = self._seqs
         handlers = self._handlers

@@ -1,4 +1,5 @@
-/* proto._speedups: the envelope half of proto.codec.decode, and a msgpack frame packer, in C.
+/* proto._speedups: the envelope half of proto.codec.decode, a msgpack frame packer and the store
+ * line formatter (proto.jsonl.dumps), in C.
  *
  * Optional: setup.py builds it when a C compiler is there; proto.codec falls back to the pure
  * Python decode otherwise (and with TICKMESH_PURE_PYTHON=1). It only runs the *fast path* of a
@@ -405,12 +406,600 @@ sp_pack_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* --- dump_line: proto.jsonl.dumps(env) in C ------------------------------------------------------
+ *
+ * The store line ``json.dumps(envelope_to_plain(env), separators=(",", ":"))``, character for
+ * character, for an exact Envelope of a registered record whose values are exact str (through
+ * json's own C escaper, so escaping is identical), Decimal (its exact string), int, bool, None,
+ * float (repr; NaN/Infinity as json writes them), list, tuple, dict with str keys, and nested
+ * registered records. Anything else raises Unsupported and the caller uses the Python formatter. */
+
+typedef struct {
+    PyObject *records;     /* record class -> tuple of the escaped field keys ('"name":') */
+    PyObject *type_part;   /* record class -> ',"type":"Tag","source":' */
+    PyObject *esc;         /* _json.encode_basestring_ascii */
+    PyObject *decimal;     /* decimal.Decimal */
+    PyTypeObject *envelope;
+    int ready;
+} Lines;
+
+static Lines L;
+
+static int
+put_str(Buf *b, PyObject *s)       /* an ASCII str object's characters */
+{
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(s, &n);
+    if (p == NULL)
+        return -1;
+    return put(b, p, n);
+}
+
+static int
+put_new(Buf *b, PyObject *s)       /* put_str, then drop the reference */
+{
+    if (s == NULL)
+        return -1;
+    int rc = put_str(b, s);
+    Py_DECREF(s);
+    return rc;
+}
+
+static int json_value(Buf *b, PyObject *o, int depth);
+
+static int
+json_record(Buf *b, PyObject *o, PyObject *keys, int depth)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(o);
+    if (!PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != n) {
+        PyErr_SetString(Unsupported, "record shape");
+        return -1;
+    }
+    if (put(b, "{", 1) < 0)
+        return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (k && put(b, ",", 1) < 0)
+            return -1;
+        if (put_str(b, PyTuple_GET_ITEM(keys, k)) < 0 || json_value(b, PyTuple_GET_ITEM(o, k), depth + 1) < 0)
+            return -1;
+    }
+    return put(b, "}", 1);
+}
+
+static int
+json_value(Buf *b, PyObject *o, int depth)
+{
+    if (depth > 64) {
+        PyErr_SetString(Unsupported, "nested too deep");
+        return -1;
+    }
+    PyTypeObject *t = Py_TYPE(o);
+    if (t == &PyUnicode_Type)
+        return put_new(b, PyObject_CallOneArg(L.esc, o));
+    if ((PyObject *)t == L.decimal) {
+        if (put(b, "\"", 1) < 0 || put_new(b, PyObject_Str(o)) < 0)
+            return -1;
+        return put(b, "\"", 1);
+    }
+    if (o == Py_None)
+        return put(b, "null", 4);
+    if (o == Py_True)
+        return put(b, "true", 4);
+    if (o == Py_False)
+        return put(b, "false", 5);
+    if (t == &PyLong_Type)
+        return put_new(b, PyObject_Str(o));
+    if (t == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (d != d)
+            return put(b, "NaN", 3);
+        if (d == Py_HUGE_VAL)
+            return put(b, "Infinity", 8);
+        if (d == -Py_HUGE_VAL)
+            return put(b, "-Infinity", 9);
+        return put_new(b, PyObject_Repr(o));
+    }
+    if (t == &PyList_Type || t == &PyTuple_Type) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        if (put(b, "[", 1) < 0)
+            return -1;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            if (k && put(b, ",", 1) < 0)
+                return -1;
+            /* the list may be changed by a call below (str of a Decimal cannot, but be safe) */
+            if (k >= PySequence_Fast_GET_SIZE(o)) {
+                PyErr_SetString(Unsupported, "changed");
+                return -1;
+            }
+            if (json_value(b, PySequence_Fast_ITEMS(o)[k], depth + 1) < 0)
+                return -1;
+        }
+        return put(b, "]", 1);
+    }
+    if (t == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        int first = 1;
+        if (put(b, "{", 1) < 0)
+            return -1;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k)) {
+                PyErr_SetString(Unsupported, "dict key");
+                return -1;
+            }
+            if (!first && put(b, ",", 1) < 0)
+                return -1;
+            first = 0;
+            Py_INCREF(k);
+            Py_INCREF(v);
+            int rc = put_new(b, PyObject_CallOneArg(L.esc, k));
+            if (rc == 0)
+                rc = put(b, ":", 1);
+            if (rc == 0)
+                rc = json_value(b, v, depth + 1);
+            Py_DECREF(k);
+            Py_DECREF(v);
+            if (rc < 0)
+                return -1;
+        }
+        return put(b, "}", 1);
+    }
+    PyObject *keys = PyDict_GetItemWithError(L.records, (PyObject *)t);
+    if (keys != NULL)
+        return json_record(b, o, keys, depth);
+    if (!PyErr_Occurred())
+        PyErr_SetString(Unsupported, t->tp_name);
+    return -1;
+}
+
+static int
+put_int_field(Buf *b, const char *key, PyObject *v)
+{
+    if (put(b, key, (Py_ssize_t)strlen(key)) < 0)
+        return -1;
+    return put_new(b, PyObject_Str(v));
+}
+
+static PyObject *
+sp_dump_line(PyObject *self, PyObject *env)
+{
+    if (!L.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "proto._speedups.configure_lines() was not called");
+        return NULL;
+    }
+    if (Py_TYPE(env) != L.envelope || PyTuple_GET_SIZE(env) != 7) {
+        PyErr_SetString(Unsupported, "not an Envelope");
+        return NULL;
+    }
+    PyObject *topic = PyTuple_GET_ITEM(env, 0), *msg_id = PyTuple_GET_ITEM(env, 1);
+    PyObject *source = PyTuple_GET_ITEM(env, 2), *seq = PyTuple_GET_ITEM(env, 3);
+    PyObject *ts_event = PyTuple_GET_ITEM(env, 4), *ts_recv = PyTuple_GET_ITEM(env, 5);
+    PyObject *msg = PyTuple_GET_ITEM(env, 6);
+    if (!PyUnicode_CheckExact(topic) || !PyUnicode_CheckExact(source) || !PyLong_CheckExact(msg_id)
+        || !PyLong_CheckExact(seq) || !PyLong_CheckExact(ts_event) || !PyLong_CheckExact(ts_recv)) {
+        PyErr_SetString(Unsupported, "envelope field types");
+        return NULL;
+    }
+    PyObject *keys = PyDict_GetItemWithError(L.records, (PyObject *)Py_TYPE(msg));
+    PyObject *type_part = keys ? PyDict_GetItemWithError(L.type_part, (PyObject *)Py_TYPE(msg)) : NULL;
+    if (keys == NULL || type_part == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(Unsupported, "not a registered record");
+        return NULL;
+    }
+    Buf b;
+    b.p = b.small;
+    b.len = 0;
+    b.cap = (Py_ssize_t)sizeof(b.small);
+    PyObject *out = NULL;
+    if (put(&b, "{\"topic\":", 9) == 0
+        && put_new(&b, PyObject_CallOneArg(L.esc, topic)) == 0
+        && put_str(&b, type_part) == 0
+        && put_new(&b, PyObject_CallOneArg(L.esc, source)) == 0
+        && put_int_field(&b, ",\"seq\":", seq) == 0
+        && put_int_field(&b, ",\"msg_id\":", msg_id) == 0
+        && put_int_field(&b, ",\"ts_event\":", ts_event) == 0
+        && put_int_field(&b, ",\"ts_recv\":", ts_recv) == 0
+        && put(&b, ",\"body\":", 8) == 0
+        && json_record(&b, msg, keys, 0) == 0
+        && put(&b, "}", 1) == 0)
+        out = PyUnicode_DecodeASCII(b.p, b.len, NULL);
+    if (b.p != b.small)
+        PyMem_Free(b.p);
+    return out;
+}
+
+static PyObject *
+sp_configure_lines(PyObject *self, PyObject *args)
+{
+    PyObject *records, *type_part, *esc, *decimal, *envelope;
+    if (!PyArg_ParseTuple(args, "O!O!OOO", &PyDict_Type, &records, &PyDict_Type, &type_part, &esc, &decimal,
+                          &envelope))
+        return NULL;
+    if (!PyType_Check(envelope) || !PyType_Check(decimal)) {
+        PyErr_SetString(PyExc_TypeError, "Envelope and Decimal must be types");
+        return NULL;
+    }
+    Py_XDECREF(L.records);
+    Py_XDECREF(L.type_part);
+    Py_XDECREF(L.esc);
+    Py_XDECREF(L.decimal);
+    Py_XDECREF(L.envelope);
+    Py_INCREF(records);
+    Py_INCREF(type_part);
+    Py_INCREF(esc);
+    Py_INCREF(decimal);
+    Py_INCREF(envelope);
+    L.records = records;
+    L.type_part = type_part;
+    L.esc = esc;
+    L.decimal = decimal;
+    L.envelope = (PyTypeObject *)envelope;
+    L.ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* --- levels_in: a book side [[price, size], ...] of exact decimal strings -> [[Decimal, Decimal]] ----
+ *
+ * proto.messages._levels_in's loop, memoised through the same DECIMALS cache (a dict subclass whose
+ * __missing__ parses, validates and inserts). Anything unusual (not a list, a level that is not a
+ * 2-list, a key the cache refuses) goes to the Python function, which raises the named error. */
+
+static PyObject *
+levels_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "levels_in(cache, fallback, v, name)");
+        return NULL;
+    }
+    PyObject *cache = args[0], *fb = args[1], *v = args[2], *name = args[3];
+    if (!PyList_CheckExact(v) || !PyDict_Check(cache))
+        return PyObject_CallFunctionObjArgs(fb, v, name, NULL);
+    Py_ssize_t n = PyList_GET_SIZE(v);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *lv = PyList_GET_ITEM(v, k);
+        if (!PyList_CheckExact(lv) || PyList_GET_SIZE(lv) != 2)
+            goto slow;
+        PyObject *pair = PyList_New(2);
+        if (pair == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, pair);
+        for (int j = 0; j < 2; j++) {
+            PyObject *key = PyList_GET_ITEM(lv, j);
+            if (!PyUnicode_CheckExact(key))
+                goto slow;
+            PyObject *d = PyDict_GetItemWithError(cache, key);      /* borrowed; a hit */
+            if (d != NULL) {
+                Py_INCREF(d);
+            } else {
+                if (PyErr_Occurred())
+                    goto slow;
+                d = PyObject_GetItem(cache, key);                    /* a miss: __missing__ */
+                if (d == NULL)
+                    goto slow;
+            }
+            PyList_SET_ITEM(pair, j, d);
+        }
+    }
+    return out;
+slow:
+    PyErr_Clear();
+    Py_DECREF(out);
+    return PyObject_CallFunctionObjArgs(fb, v, name, NULL);
+}
+
+/* --- store_envelope: a wire frame straight to its store line ----------------------------------------
+ *
+ * For the store node: a frame whose body holds only exact decimal strings in canonical form (what
+ * str(Decimal) writes, which every tickmesh encoder sends), str, int, bool, float and book levels is
+ * validated exactly as decode() validates it and formatted exactly as proto.jsonl.dumps(decode(frame))
+ * would be, without building the Decimals. Returns Envelope(topic, msg_id, source, seq, ts_event,
+ * ts_recv, line_type(line)); anything else goes through decode() (a malformed frame raises its
+ * DecodeError there, a non-canonical decimal takes the Decimal path). */
+
+static PyObject *S_kinds = NULL;      /* tag -> bytes of field kinds (classes with other kinds absent) */
+static PyObject *S_line_type = NULL;  /* the msg type carrying the line (a str subclass) */
+
+static int
+canon_decimal(const char *s, Py_ssize_t n)
+{
+    if (n == 0 || n > 64)
+        return 0;
+    Py_ssize_t i = 0, intd = 0, frac = 0, fraclead = 0;
+    int intzero = 0;
+    if (s[0] == '-') {
+        i = 1;
+        if (n == 1)
+            return 0;
+    }
+    if (s[i] == '0') {
+        intzero = 1;
+        i++;
+    } else if (s[i] >= '1' && s[i] <= '9') {
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            i++;
+            intd++;
+        }
+    } else {
+        return 0;
+    }
+    if (i < n && s[i] == '.') {
+        i++;
+        int leading = 1;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (leading && s[i] == '0')
+                fraclead++;
+            else
+                leading = 0;
+            i++;
+            frac++;
+        }
+        if (frac == 0)
+            return 0;
+    }
+    if (i != n)
+        return 0;
+    Py_ssize_t sig;              /* digits of the coefficient (0 has one) */
+    if (!intzero)
+        sig = intd + frac;
+    else if (fraclead < frac)
+        sig = frac - fraclead;
+    else
+        sig = 1;
+    return sig - 1 - frac >= -6;   /* str(Decimal) keeps plain notation: exp <= 0, adjusted >= -6 */
+}
+
+static int
+put_decimal(Buf *b, PyObject *o)
+{
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o))
+        return 1;
+    const char *p = (const char *)PyUnicode_DATA(o);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(o);
+    if (!canon_decimal(p, n))
+        return 1;
+    if (put(b, "\"", 1) < 0 || put(b, p, n) < 0 || put(b, "\"", 1) < 0)
+        return -1;
+    return 0;
+}
+
+/* 0: written; 1: not the fast form (the caller falls back); -1: error set */
+static int
+put_field(Buf *b, char kind, PyObject *v)
+{
+    int optional = (kind >= 'a' && kind <= 'z');
+    if (v == Py_None)
+        return optional ? (put(b, "null", 4) < 0 ? -1 : 0) : 1;
+    switch (kind | 0x20) {       /* lower case */
+    case 'd':
+        return put_decimal(b, v);
+    case 's':
+        if (!PyUnicode_CheckExact(v))
+            return 1;
+        return put_new(b, PyObject_CallOneArg(L.esc, v)) < 0 ? -1 : 0;
+    case 'i':
+        if (!PyLong_CheckExact(v))
+            return 1;
+        return put_new(b, PyObject_Str(v)) < 0 ? -1 : 0;
+    case 'b':
+        if (v == Py_True)
+            return put(b, "true", 4) < 0 ? -1 : 0;
+        if (v == Py_False)
+            return put(b, "false", 5) < 0 ? -1 : 0;
+        return 1;
+    case 'f': {
+        if (!PyFloat_CheckExact(v))
+            return 1;
+        double d = PyFloat_AS_DOUBLE(v);
+        if (d != d || d == Py_HUGE_VAL || d == -Py_HUGE_VAL)
+            return 1;
+        return put_new(b, PyObject_Repr(v)) < 0 ? -1 : 0;
+    }
+    case 'l': {
+        if (!PyList_CheckExact(v))
+            return 1;
+        Py_ssize_t n = PyList_GET_SIZE(v);
+        if (put(b, "[", 1) < 0)
+            return -1;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *lv = PyList_GET_ITEM(v, k);
+            if (!PyList_CheckExact(lv) || PyList_GET_SIZE(lv) != 2)
+                return 1;
+            int rc;
+            if (k && put(b, ",", 1) < 0)
+                return -1;
+            if (put(b, "[", 1) < 0)
+                return -1;
+            if ((rc = put_decimal(b, PyList_GET_ITEM(lv, 0))) != 0)
+                return rc;
+            if (put(b, ",", 1) < 0)
+                return -1;
+            if ((rc = put_decimal(b, PyList_GET_ITEM(lv, 1))) != 0)
+                return rc;
+            if (put(b, "]", 1) < 0)
+                return -1;
+        }
+        return put(b, "]", 1) < 0 ? -1 : 0;
+    }
+    }
+    return 1;
+}
+
+static PyObject *
+sp_store_envelope(PyObject *self, PyObject *frame)
+{
+    if (!configured || !L.ready || S_kinds == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "proto._speedups: configure_store() was not called");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(frame))
+        return sp_decode(self, frame);
+    const char *buf = PyBytes_AS_STRING(frame);
+    Py_ssize_t n = PyBytes_GET_SIZE(frame);
+    if (n > D.max_frame)
+        return sp_decode(self, frame);
+    const char *sep = memchr(buf, D.sep, (size_t)n);
+    if (sep == NULL || sep == buf)
+        return sp_decode(self, frame);
+    Py_ssize_t i = sep - buf;
+    for (Py_ssize_t k = 0; k < i; k++) {
+        if ((unsigned char)buf[k] >= 0x80)
+            return sp_decode(self, frame);
+    }
+    PyObject *view = PyMemoryView_FromMemory((char *)(buf + i + 1), n - i - 1, PyBUF_READ);
+    if (view == NULL)
+        return NULL;
+    PyObject *args = PyTuple_Pack(1, view);
+    Py_DECREF(view);
+    if (args == NULL)
+        return NULL;
+    PyObject *obj = PyObject_Call(D.unpackb, args, D.kwargs);
+    Py_DECREF(args);
+    if (obj == NULL) {
+        PyErr_Clear();
+        return sp_decode(self, frame);
+    }
+    PyObject *out = NULL;
+    Buf b;
+    b.p = b.small;
+    b.len = 0;
+    b.cap = (Py_ssize_t)sizeof(b.small);
+    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) != 9)
+        goto none;
+    PyObject **f = ((PyListObject *)obj)->ob_item;
+    PyObject *major = f[0], *tag = f[2], *msg_id = f[3], *source = f[4], *seq = f[5];
+    PyObject *ts_event = f[6], *ts_recv = f[7], *body = f[8];
+    if (!PyLong_CheckExact(major) || !PyUnicode_CheckExact(tag) || !PyLong_CheckExact(msg_id)
+        || !PyUnicode_CheckExact(source) || !PyLong_CheckExact(seq) || !PyLong_CheckExact(ts_event)
+        || !PyLong_CheckExact(ts_recv) || !PyList_CheckExact(body))
+        goto none;
+    int overflow = 0;
+    long mj = PyLong_AsLongAndOverflow(major, &overflow);
+    if (overflow || mj != D.major) {
+        PyErr_Clear();
+        goto none;
+    }
+    PyObject *entry = PyDict_GetItemWithError(D.registry, tag);
+    PyObject *kinds = entry ? PyDict_GetItemWithError(S_kinds, tag) : NULL;
+    if (entry == NULL || kinds == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3
+        || !PyBytes_CheckExact(kinds) || PyBytes_GET_SIZE(kinds) != PyList_GET_SIZE(body)) {
+        PyErr_Clear();
+        goto none;
+    }
+    PyObject *cls = PyTuple_GET_ITEM(entry, 0);
+    PyObject *keys = PyDict_GetItemWithError(L.records, cls);
+    PyObject *type_part = keys ? PyDict_GetItemWithError(L.type_part, cls) : NULL;
+    if (keys == NULL || type_part == NULL || !PyTuple_CheckExact(keys)
+        || PyTuple_GET_SIZE(keys) != PyList_GET_SIZE(body)) {
+        PyErr_Clear();
+        goto none;
+    }
+    PyObject *topic = PyUnicode_DecodeASCII(buf, i, NULL);
+    if (topic == NULL)
+        goto fail;
+    if (put(&b, "{\"topic\":", 9) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, topic)) < 0
+        || put_str(&b, type_part) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, source)) < 0
+        || put_int_field(&b, ",\"seq\":", seq) < 0 || put_int_field(&b, ",\"msg_id\":", msg_id) < 0
+        || put_int_field(&b, ",\"ts_event\":", ts_event) < 0 || put_int_field(&b, ",\"ts_recv\":", ts_recv) < 0
+        || put(&b, ",\"body\":{", 9) < 0) {
+        Py_DECREF(topic);
+        goto fail;
+    }
+    const char *kc = PyBytes_AS_STRING(kinds);
+    Py_ssize_t nf = PyBytes_GET_SIZE(kinds);
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        if (k && put(&b, ",", 1) < 0) {
+            Py_DECREF(topic);
+            goto fail;
+        }
+        int rc = put_str(&b, PyTuple_GET_ITEM(keys, k));
+        if (rc == 0)
+            rc = put_field(&b, kc[k], PyList_GET_ITEM(body, k));
+        if (rc != 0) {
+            Py_DECREF(topic);
+            if (rc < 0)
+                goto fail;
+            goto none;
+        }
+    }
+    if (put(&b, "}}", 2) < 0) {
+        Py_DECREF(topic);
+        goto fail;
+    }
+    PyObject *line = PyUnicode_DecodeASCII(b.p, b.len, NULL);
+    PyObject *msg = line ? PyObject_CallOneArg(S_line_type, line) : NULL;
+    Py_XDECREF(line);
+    if (msg == NULL) {
+        Py_DECREF(topic);
+        goto fail;
+    }
+    PyObject *env = D.envelope->tp_alloc(D.envelope, 7);
+    if (env == NULL) {
+        Py_DECREF(topic);
+        Py_DECREF(msg);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(env, 0, topic);
+    Py_INCREF(msg_id);
+    PyTuple_SET_ITEM(env, 1, msg_id);
+    Py_INCREF(source);
+    PyTuple_SET_ITEM(env, 2, source);
+    Py_INCREF(seq);
+    PyTuple_SET_ITEM(env, 3, seq);
+    Py_INCREF(ts_event);
+    PyTuple_SET_ITEM(env, 4, ts_event);
+    Py_INCREF(ts_recv);
+    PyTuple_SET_ITEM(env, 5, ts_recv);
+    PyTuple_SET_ITEM(env, 6, msg);
+    out = env;
+    goto done;
+none:
+    out = sp_decode(self, frame);     /* the usual decode: its envelope, or its DecodeError */
+    goto done;
+fail:
+    out = NULL;
+done:
+    if (b.p != b.small)
+        PyMem_Free(b.p);
+    Py_DECREF(obj);
+    return out;
+}
+
+static PyObject *
+sp_configure_store(PyObject *self, PyObject *args)
+{
+    PyObject *kinds, *line_type;
+    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &kinds, &line_type))
+        return NULL;
+    Py_XDECREF(S_kinds);
+    Py_XDECREF(S_line_type);
+    Py_INCREF(kinds);
+    Py_INCREF(line_type);
+    S_kinds = kinds;
+    S_line_type = line_type;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"decode", sp_decode, METH_O, "Decode one wire frame (see proto.codec.decode)."},
     {"configure", sp_configure, METH_VARARGS,
      "configure(unpackb, kwargs, registry, Envelope, fallback, major, max_frame, sep)"},
     {"pack_frame", (PyCFunction)(void (*)(void))sp_pack_frame, METH_FASTCALL,
      "pack_frame(prefix, obj) -> prefix + msgpack(obj); raises Unsupported for what it does not pack"},
+    {"dump_line", sp_dump_line, METH_O,
+     "dump_line(env) -> proto.jsonl.dumps(env); raises Unsupported for what it does not format"},
+    {"configure_lines", sp_configure_lines, METH_VARARGS,
+     "configure_lines(records, type_parts, encode_basestring_ascii, Decimal, Envelope)"},
+    {"levels_in", (PyCFunction)(void (*)(void))levels_in, METH_FASTCALL,
+     "levels_in(cache, fallback, v, name) -> [[Decimal, Decimal], ...] (fallback(v, name) when unusual)"},
+    {"store_envelope", sp_store_envelope, METH_O,
+     "store_envelope(frame) -> Envelope(..., line_type(store line)), else decode(frame)"},
+    {"configure_store", sp_configure_store, METH_VARARGS, "configure_store(kinds, line_type)"},
     {NULL, NULL, 0, NULL},
 };
 

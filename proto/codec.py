@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from . import _native
 from .errors import DecodeError, EncodeError
 from .messages import REGISTRY, decode_body, encode_body
 from .topics import SEP
@@ -181,11 +182,8 @@ def decode_py(frame) -> Envelope:
 
 
 def _speedups():
-    if os.environ.get("TICKMESH_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from . import _speedups as sp
-    except ImportError:          # no C compiler at install time: the pure Python decoder
+    sp = _native.SP
+    if sp is None:
         return None
     # tag -> (record class, its unwrapped body decoder, field count); a tag registered later is
     # not in it and takes the Python path

@@ -11,16 +11,85 @@ writer fell behind), ``_open`` (file header). Readers skip them unless asked.
 """
 import json
 import logging
+from decimal import Decimal
 from typing import Iterator
 
+from . import codec
 from .codec import Envelope, envelope_to_plain, record_from_plain
 from .errors import DecodeError
+from .messages import REGISTRY
 
 log = logging.getLogger("tickmesh.jsonl")
 
 
-def dumps(env: Envelope) -> str:
+def dumps_py(env: Envelope) -> str:
+    """The definition of a store line."""
     return json.dumps(envelope_to_plain(env), separators=(",", ":"))
+
+
+def _c_dump_line():
+    """proto._speedups.dump_line (the same text, in C) when the extension was built."""
+    sp = codec._SP
+    if sp is None:
+        return None
+    from json.encoder import encode_basestring_ascii as esc   # json's own C escaper
+    records = {cls: tuple(esc(f) + ":" for f in cls._fields) for cls in REGISTRY.values()}
+    type_parts = {cls: ',"type":' + esc(cls.TAG) + ',"source":' for cls in REGISTRY.values()}
+    sp.configure_lines(records, type_parts, esc, Decimal, Envelope)
+    return sp.dump_line
+
+
+dump_line_c = _c_dump_line()      # None without the extension; raises codec._Unsupported when unsure
+
+
+class Line(str):
+    """A store line formatted straight from a wire frame (``decode_for_store``), in place of the
+    record in an Envelope: the text ``dumps`` would write for the decoded record, nothing else."""
+    __slots__ = ()
+
+
+def _field_kinds(cls):
+    """The field kinds proto._speedups.store_envelope formats, one letter per field (upper case:
+    required, lower case: optional), or None if the record has a field of another kind."""
+    from typing import get_type_hints
+    from .messages import Levels, _field_kind
+    hints = get_type_hints(cls)
+    out = []
+    for f in cls._fields:
+        tp, opt = _field_kind(hints[f])
+        k = {Decimal: "D", str: "S", int: "I", bool: "B", float: "F", Levels: "L"}.get(tp)
+        if k is None:
+            return None
+        out.append(k.lower() if opt else k)
+    return "".join(out).encode("ascii")
+
+
+def _c_store_envelope():
+    if dump_line_c is None:
+        return None
+    kinds = {tag: k for tag, cls in REGISTRY.items() if (k := _field_kinds(cls)) is not None}
+    codec._SP.configure_store(kinds, Line)
+    return codec._SP.store_envelope
+
+
+# decode_for_store(frame) -> Envelope: ``codec.decode(frame)``, except that a frame of plain market
+# data (bodies of canonical decimal strings, str, int, bool, float, book levels) comes back with its
+# store line (a ``Line``) in place of the record: validated exactly as ``decode`` validates it and
+# formatted exactly as ``dumps`` formats the decoded record, without building its Decimals
+# (tests/unit/test_store_lines.py checks both against decode + dumps_py). Raises DecodeError as
+# ``decode`` does. Without the C extension it is ``codec.decode``.
+_store_envelope = _c_store_envelope()
+decode_for_store = _store_envelope if _store_envelope is not None else codec.decode
+
+
+def dumps(env: Envelope) -> str:
+    """One store line (no newline): the C formatter when built and sure, else ``dumps_py``."""
+    if dump_line_c is not None:
+        try:
+            return dump_line_c(env)
+        except codec._Unsupported:
+            pass
+    return dumps_py(env)
 
 
 def loads(line: str) -> Envelope:

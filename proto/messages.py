@@ -8,11 +8,13 @@ ignores trailing fields it does not know and fills missing trailing fields from 
 Money (prices, sizes, notional, PnL, fees) is always ``Decimal``: never float. Floats appear only
 for statistics (volatility estimates) and durations.
 """
+import functools
 from decimal import Decimal
 from typing import Any, NamedTuple, Optional, get_type_hints
 
 from msgpack import ExtType as _ExtType, packb as _packb
 
+from . import _native
 from .errors import DecodeError, EncodeError
 
 # --- field kinds beyond plain python types -------------------------------------------------------
@@ -183,6 +185,11 @@ def _typed_out(tp):
             raise EncodeError(f"{name}: expected {tp.__name__}, got {type(v).__name__}")
         return v
     return check
+
+
+_levels_in_py = _levels_in
+if _native.SP is not None:      # the same loop in C (proto._speedups); the Python one names errors
+    _levels_in = functools.partial(_native.SP.levels_in, DECIMALS, _levels_in_py)
 
 
 _IN = {Decimal: _dec_in, Levels: _levels_in, DecMap: _decmap_in, IntMap: _intmap_in, float: _float_in,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nodes.config import ROOT
 from nodes.runtime import Node
+from proto import jsonl
 
 from .config import DEFAULT_PREFIXES, StoreConfig
 from .writer import StoreWriter
@@ -32,6 +33,9 @@ class StoreNode(Node):
 
     name = "store"
     subscriptions = DEFAULT_PREFIXES
+    # market data arrives as its store line, validated and formatted in one step (proto.jsonl);
+    # everything else as a decoded record, formatted by the writer
+    frame_decoder = staticmethod(jsonl.decode_for_store)
 
     def __init__(self, mesh, conf: StoreConfig = None, **kw):
         conf = conf or StoreConfig()

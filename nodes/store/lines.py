@@ -11,6 +11,7 @@ registered message type.
 import json
 from decimal import Decimal
 
+from proto import codec, jsonl
 from proto.codec import to_plain
 from proto.messages import REGISTRY
 
@@ -104,13 +105,27 @@ _TYPE = {cls: ',"type":' + _esc(cls.TAG) + ',"source":' for cls in REGISTRY.valu
 
 
 def dumps(env) -> str:
-    """``proto.jsonl.dumps(env)``, faster: one store line (no newline)."""
+    """``proto.jsonl.dumps(env)``, faster: one store line (no newline). The C formatter
+    (``proto.jsonl.dump_line_c``) when it was built and knows every value, else the Python one."""
+    if _c is not None:
+        try:
+            return _c(env)
+        except _Unsupported:
+            pass
+    return dumps_py(env)
+
+
+_c = jsonl.dump_line_c
+_Unsupported = codec._Unsupported
+
+
+def dumps_py(env) -> str:
+    """The Python formatter (precompiled per message type)."""
     topic, msg_id, source, seq, ts_event, ts_recv, msg = env
     cls = type(msg)
     body = _BODY.get(cls)
     if body is None or REGISTRY.get(getattr(cls, "TAG", None)) is not cls:
-        from proto import jsonl
-        return jsonl.dumps(env)
+        return jsonl.dumps_py(env)
     if type(topic) is str and type(source) is str and type(seq) is int and type(msg_id) is int \
             and type(ts_event) is int and type(ts_recv) is int:
         return (f'{{"topic":{_esc(topic)}{_TYPE[cls]}{_esc(source)},"seq":{seq},"msg_id":{msg_id},'

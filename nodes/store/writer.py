@@ -26,6 +26,7 @@ from collections import deque
 from pathlib import Path
 
 from proto.codec import Envelope
+from proto.jsonl import Line
 
 from . import lines as _lines
 
@@ -371,6 +372,10 @@ class StoreWriter:
             for _ in range(n):
                 item = pop()
                 if type(item) is Envelope:
+                    if type(item[6]) is Line:       # formatted from its frame already
+                        lines.append(item[6])
+                        events += 1
+                        continue
                     try:
                         lines.append(dumps(item))
                         events += 1

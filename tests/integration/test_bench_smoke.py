@@ -15,7 +15,8 @@ from tests.conftest import ROOT
 SECTION_KEYS = {
     "tick_to_trade": None,      # per transport, below
     "replay": {"ticks_per_s", "raw_per_s", "ratio"},
-    "store": {"events_per_s", "plain_per_s", "ratio", "dropped"},
+    "store": {"events_per_s", "plain_per_s", "ratio", "dropped", "kept_up", "plain_python_per_s",
+              "ratio_vs_python_plain"},
     "startup": {"warm_s", "cold_s"},
 }
 T2T_KEYS = {"p50_us", "p99_us", "max_us", "raw_hop_us", "p50_ratio", "p99_ratio", "trades"}
@@ -47,6 +48,8 @@ def test_bench_all_quick_reports_every_key(tmp_path):
     assert all(_finite_positive(rep["replay"][k]) for k in ("ticks_per_s", "raw_per_s", "ratio"))
     assert all(_finite_positive(rep["store"][k]) for k in ("events_per_s", "plain_per_s", "ratio"))
     assert isinstance(rep["store"]["dropped"], int) and rep["store"]["dropped"] >= 0
+    assert isinstance(rep["store"]["kept_up"], bool)
+    assert all(_finite_positive(rep["store"][k]) for k in ("plain_python_per_s", "ratio_vs_python_plain"))
     assert 0 < rep["startup"]["warm_s"] and 0 < rep["startup"]["cold_s"]
     # the readable table of every section went to stdout
     for sec in ("tick_to_trade", "replay", "store", "startup"):

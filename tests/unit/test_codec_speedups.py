@@ -183,3 +183,25 @@ def test_the_pure_python_codec_passes_the_codec_suite_on_its_own():
                          "tests/unit/test_proto_codec.py"], cwd=root, env=env, capture_output=True,
                         text=True, timeout=300)
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
+
+
+LEVEL_VALUES = st.one_of(st.sampled_from(["1", "0.5", "65000.01", "1E-8", "-0", "NaN", "inf", "12abc", "", " 1"]),
+                         st.text(max_size=6), st.integers(), st.none(), st.floats(), st.lists(st.text(), max_size=2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.lists(st.one_of(st.lists(LEVEL_VALUES, min_size=0, max_size=3),
+                                    st.tuples(LEVEL_VALUES, LEVEL_VALUES), LEVEL_VALUES), max_size=6),
+                 LEVEL_VALUES))
+def test_book_levels_decode_the_same_in_c_and_python(v):
+    from proto import messages
+    assert messages._levels_in is not messages._levels_in_py
+    out = []
+    for fn in (messages._levels_in, messages._levels_in_py):
+        try:
+            out.append(("ok", fn(v, "Book.bids")))
+        except DecodeError as e:
+            out.append(("err", str(e)))
+    assert out[0] == out[1]
+    if out[0][0] == "ok":
+        assert all(type(x) is Decimal and x.is_finite() for lv in out[0][1] for x in lv)

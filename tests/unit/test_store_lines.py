@@ -1,5 +1,7 @@
-"""nodes.store.lines.dumps writes exactly proto.jsonl.dumps's line for every message type, whatever the
-values (escapes, unicode, None, big numbers, NaN, nested free-form data), and falls back to it."""
+"""nodes.store.lines.dumps and proto.jsonl.dumps write exactly the line of the definition
+(proto.jsonl.dumps_py) for every message type, whatever the values (escapes, unicode, None, big numbers,
+NaN, nested free-form data): the C formatter (proto._speedups, when built), the store's Python formatter,
+and their fallbacks."""
 import math
 from decimal import Decimal
 from typing import Any, get_type_hints
@@ -7,7 +9,7 @@ from typing import Any, get_type_hints
 from hypothesis import given, settings, strategies as st
 
 from nodes.store import lines
-from proto import jsonl
+from proto import codec, jsonl
 from proto.codec import Envelope
 from proto.messages import REGISTRY, DecMap, IntMap, Levels
 
@@ -63,7 +65,15 @@ ENVELOPE = st.builds(Envelope, TEXT, st.integers(0, 2**64), TEXT, st.integers(0,
 @settings(max_examples=300, deadline=None)
 @given(ENVELOPE)
 def test_same_line_as_proto_jsonl(env):
-    assert lines.dumps(env) == jsonl.dumps(env)
+    want = jsonl.dumps_py(env)
+    assert lines.dumps(env) == want
+    assert lines.dumps_py(env) == want
+    assert jsonl.dumps(env) == want
+    if jsonl.dump_line_c is not None:
+        try:
+            assert jsonl.dump_line_c(env) == want
+        except codec._Unsupported:
+            pass
 
 
 @settings(max_examples=100, deadline=None)
@@ -73,8 +83,128 @@ def test_nested_records_and_odd_containers(rec, nested):
     data = {"records": nested, "tuple": (Decimal("1.50"), "x"), 7: "non-str key", "n": math.pi}
     for body in (rec, Reply(True, "OK", "", data), Reply(False, "X", "\"quoted\"\n\u00e9", [rec, (1, 2)])):
         env = Envelope("rep", 1, "src", 1, 2, 3, body)
-        assert lines.dumps(env) == jsonl.dumps(env)
+        want = jsonl.dumps_py(env)
+        assert lines.dumps(env) == want and lines.dumps_py(env) == want and jsonl.dumps(env) == want
 
 
 def test_every_message_type_has_a_formatter():
     assert set(lines._BODY) == set(REGISTRY.values())
+
+
+def test_the_c_formatter_takes_the_usual_lines_and_refuses_the_unusual():
+    import pytest
+    if jsonl.dump_line_c is None:
+        pytest.skip("C extension not built or TICKMESH_PURE_PYTHON set")
+    from proto import Book, Reply, Tick
+    D = Decimal
+    usual = [Tick("BTC-USD", D("65000.01"), D("65000"), D("0.5"), D("65000.02"), D("0.25"), D("9000.12")),
+             Book("ETH-USD", [[D("3200.1"), D("2")]], [[D("3200.2"), D("1E-8")]]),
+             Reply(True, "OK", "", {"n": [1, 2.5, None, True], "s": "\u00e9\n\"", "nan": math.nan})]
+    for m in usual:
+        env = Envelope("t", 1, "src", 2, 3, 4, m)
+        assert jsonl.dump_line_c(env) == jsonl.dumps_py(env)
+    for m in (Reply(True, "OK", "", {7: "non-str key"}), Reply(True, "OK", "", b"\x00bytes"),
+              Reply(True, "OK", "", {"set": {1}})):
+        with pytest.raises(codec._Unsupported):
+            jsonl.dump_line_c(Envelope("t", 1, "src", 2, 3, 4, m))
+    with pytest.raises(codec._Unsupported):
+        jsonl.dump_line_c(("t", 1, "src", 2, 3, 4, usual[0]))        # a plain tuple, not an Envelope
+
+
+# --- frames straight to store lines (proto.jsonl.decode_for_store) ----------------------------------
+
+def _store_view(frame):
+    """(kind, text) of decode_for_store and of the definition (decode, then dumps_py)."""
+    import proto
+    out = []
+    for fn in (jsonl.decode_for_store, proto.decode):
+        try:
+            env = fn(frame)
+        except proto.DecodeError as e:
+            out.append(("err", str(e)))
+            continue
+        if type(env.msg) is jsonl.Line:
+            assert fn is jsonl.decode_for_store
+            out.append(("ok", str(env.msg), env[:6]))
+        else:
+            out.append(("ok", jsonl.dumps_py(env), env[:6]))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(RECORD.filter(lambda r: _encodable(r)), TEXT.filter(lambda t: t and t.isascii() and "\x00" not in t))
+def test_frames_straight_to_lines_match_decode_then_dumps(rec, topic):
+    frame = _encoder().encode(topic, rec)
+    a, b = _store_view(frame)
+    assert a == b
+
+
+import proto as _proto                    # noqa: E402
+_ENC = _proto.Encoder("src")             # made at import: an Encoder draws a random id base
+
+
+def _encoder():
+    """A fresh encoder with a fixed id base (frames of the same length in every run)."""
+    import proto
+    e = proto.Encoder("src")
+    e._base = 1 << 40
+    return e
+
+
+def _encodable(rec):
+    import proto
+    try:
+        _ENC.encode("t", rec)
+        return True
+    except proto.EncodeError:
+        return False
+
+
+DEC_TEXT = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.sampled_from(["0", "-0", "0.0", "00", "01.5", "+1", "1.", ".5", "1e3", "1E+3", "1E-7", "0.000001",
+                     "0.0000001", "0.000000", "0.0000000", "-0.000000", "1_000", " 1", "1 ", "NaN", "-inf",
+                     "123456789012345678901234567890", "1" * 65, "0." + "0" * 62 + "1", "٣", ""]),
+    st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{0,8})?", fullmatch=True))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(DEC_TEXT, min_size=6, max_size=6), st.lists(st.tuples(DEC_TEXT, DEC_TEXT).map(list), max_size=3))
+def test_decimal_strings_canonical_or_not_give_the_definitions_line(vals, levels):
+    import msgpack
+    from proto.codec import MAJOR
+    tick = b"md.tick.X\x00" + msgpack.packb([MAJOR, 0, "Tick", 7, "src", 3, 11, 12, ["X"] + vals])
+    book = b"md.book.X\x00" + msgpack.packb([MAJOR, 0, "Book", 7, "src", 3, 11, 12, ["X", levels, levels[:1]]])
+    for frame in (tick, book):
+        a, b = _store_view(frame)
+        assert a == b
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_frames_give_the_same_answer_as_decode(data):
+    import proto
+    D = Decimal
+    msg = data.draw(st.sampled_from([
+        proto.Tick("BTC-USD", D("65000.01"), D("65000"), D("0.5"), D("65000.02"), D("0.25"), D("9000.12")),
+        proto.Book("ETH-USD", [[D("3200.1"), D("2")], [D("3200"), D("0.001")]], [[D("3200.2"), D("0.5")]]),
+        proto.FeedStatus("BTC-USD", True, "OK", "", 0.25)]))
+    good = _encoder().encode("md.x", msg)
+    i = data.draw(st.integers(0, len(good) - 1))
+    mutated = good[:i] + bytes([data.draw(st.integers(0, 255))]) + good[i + 1:]
+    for f in (good, mutated, good[:data.draw(st.integers(0, len(good)))]):
+        a, b = _store_view(f)
+        assert a == b
+
+
+def test_market_data_takes_the_line_path():
+    import proto
+    if jsonl.decode_for_store is proto.decode:
+        import pytest
+        pytest.skip("C extension not built or TICKMESH_PURE_PYTHON set")
+    D = Decimal
+    for m in (proto.Tick("BTC-USD", D("65000.01"), D("65000"), D("0.5"), D("65000.02"), D("0.25"), D("9000.12")),
+              proto.Trade("BTC-USD", "t1", D("65000.01"), D("0.5"), "BUY"),
+              proto.Book("BTC-USD", [[D("65000.01"), D("0.5")]], [[D("65000.02"), D("2")]])):
+        env = jsonl.decode_for_store(_encoder().encode("md.x", m))
+        assert type(env.msg) is jsonl.Line

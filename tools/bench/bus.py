@@ -280,8 +280,14 @@ def run(quick: bool = False) -> dict:
             "raw_rtt_p50_us": round(_pct(raw_lat, 0.50), 1), "raw_rtt_p99_us": round(_pct(raw_lat, 0.99), 1),
             "rtt_p50_ratio": round(_pct(env_lat, 0.50) / _pct(raw_lat, 0.50), 3),
             "round_trips": rt,
+            "codec": _codec_name(),
         }
     return out
+
+
+def _codec_name() -> str:
+    from proto import codec
+    return "C speedups (proto._speedups)" if codec.SPEEDUPS else "pure Python (proto.codec)"
 
 
 def table(sec: dict) -> str:
@@ -292,7 +298,7 @@ def table(sec: dict) -> str:
                      f"{r['rtt_p50_us']:>8.1f} {r['rtt_p99_us']:>8.1f} {r['raw_rtt_p50_us']:>8.1f} "
                      f"{r['raw_rtt_p99_us']:>8.1f} {r['rtt_p50_ratio']:>6.2f}")
     lines.append("(throughput: tickmesh Node publish -> Node receive+decode+seq-check+dispatch vs raw pyzmq "
-                 "recv of pre-encoded frames; rtt in microseconds)")
+                 "recv of pre-encoded frames; rtt in microseconds; codec: %s)" % _codec_name())
     return "\n".join(lines)
 
 

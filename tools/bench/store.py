@@ -5,8 +5,10 @@ ticks, trades, level2 books, feed status), as the store would receive them.
 
 * ``plain_per_s``: a plain loop writing the same JSON lines, the store's format
   (``proto.jsonl.dumps`` of each decoded envelope, one buffered ``write`` per line, the file closed
-  at the end; no fsync): events/s. The same loop with the store's own faster formatter of those
-  lines (``nodes.store.lines.dumps``) is printed next to it.
+  at the end; no fsync): events/s. ``proto.jsonl.dumps`` is the C formatter when the extension is
+  built (the fastest formatter of those lines there is, so the strictest baseline); the same loop
+  with the pure Python definition (``proto.jsonl.dumps_py``, the baseline of earlier reports) is
+  printed and reported as ``plain_python_per_s``.
 * ``events_per_s``: the store node (``python -m nodes.store``, its own process, default ``[store]``
   settings: batches of up to 5000, flush every 0.2 s, fsync at most once per interval) receiving
   the same events as encoded frames from a raw XPUB over ipc, sent as fast as pyzmq can, with
@@ -192,11 +194,13 @@ def run(quick: bool = False) -> dict:
             from nodes.store.lines import dumps as fast_dumps
         except ImportError:             # a checkout from before the store had its own formatter
             fast_dumps = None
-        plains, stores = [], []
+        plains, stores, pys = [], [], []
         for i in range(rounds):
             plains.append(plain(envs, tmp / f"plain{i}.jsonl"))
+            pys.append(plain(envs, tmp / f"py{i}.jsonl", getattr(jsonl, "dumps_py", jsonl.dumps)))
             fast = f" (plain with the store's own formatter, nodes.store.lines.dumps: " \
-                   f"{plain(envs, tmp / f'fast{i}.jsonl', fast_dumps):,.0f}/s)" if fast_dumps else ""
+                   f"{plain(envs, tmp / f'fast{i}.jsonl', fast_dumps):,.0f}/s; with the pure Python " \
+                   f"definition proto.jsonl.dumps_py: {pys[-1]:,.0f}/s)" if fast_dumps else ""
             stores.append(flat_out(frames, tmp / f"flat{i}"))
             print(f"store: round {i + 1}: {len(frames)} events, store {stores[-1]:,.0f}/s, plain {plains[-1]:,.0f}/s"
                   f"{fast}", flush=True)
@@ -213,8 +217,10 @@ def run(quick: bool = False) -> dict:
     ev, pl = sorted(stores)[len(stores) // 2], sorted(plains)[len(plains) // 2]
     if rounds > 1:
         print(f"store: spread over {rounds} rounds: store {common.spread(stores)}/s, plain {common.spread(plains)}/s")
+    py = sorted(pys)[len(pys) // 2]
     return {"events_per_s": round(ev), "plain_per_s": round(pl), "ratio": round(ev / pl, 3),
-            "dropped": int(p["queue_dropped"] + p["bus_gaps"])}
+            "dropped": int(p["queue_dropped"] + p["bus_gaps"]), "kept_up": kept_up,
+            "plain_python_per_s": round(py), "ratio_vs_python_plain": round(ev / py, 3)}
 
 
 def table(sec: dict) -> str:
