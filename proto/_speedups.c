@@ -45,6 +45,83 @@ fallback(PyObject *frame)
     return PyObject_CallOneArg(D.fallback, frame);
 }
 
+/* The envelope checks both fast paths share, in the order and with the types of decode_py. Returns 0
+ * with *obj (the unpacked 9-list, a new reference), *topic_len and *entry (the registry entry
+ * (cls, fast decoder, field count), borrowed) set; 1 when the frame is not on the fast path
+ * (nothing held, no error set); -1 on an error (set). */
+static int
+parse_envelope(PyObject *frame, PyObject **obj_out, Py_ssize_t *topic_len, PyObject **entry_out)
+{
+    if (!PyBytes_CheckExact(frame))
+        return 1;
+    const char *buf = PyBytes_AS_STRING(frame);
+    Py_ssize_t n = PyBytes_GET_SIZE(frame);
+    if (n > D.max_frame)
+        return 1;
+    const char *sep = memchr(buf, D.sep, (size_t)n);
+    if (sep == NULL || sep == buf)
+        return 1;
+    Py_ssize_t i = sep - buf;
+    PyObject *view = PyMemoryView_FromMemory((char *)(buf + i + 1), n - i - 1, PyBUF_READ);
+    if (view == NULL)
+        return -1;
+    PyObject *args = PyTuple_Pack(1, view);
+    Py_DECREF(view);
+    if (args == NULL)
+        return -1;
+    PyObject *obj = PyObject_Call(D.unpackb, args, D.kwargs);
+    Py_DECREF(args);
+    if (obj == NULL) {
+        /* garbage, an ext hook refusal, ...: the Python path produces the error */
+        PyErr_Clear();
+        return 1;
+    }
+    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) != 9)
+        goto no;
+    PyObject **f = ((PyListObject *)obj)->ob_item;
+    if (!PyLong_CheckExact(f[0]) || !PyUnicode_CheckExact(f[2]) || !PyLong_CheckExact(f[3])
+        || !PyUnicode_CheckExact(f[4]) || !PyLong_CheckExact(f[5]) || !PyLong_CheckExact(f[6])
+        || !PyLong_CheckExact(f[7]) || !PyList_CheckExact(f[8]))
+        goto no;
+    int overflow = 0;
+    long mj = PyLong_AsLongAndOverflow(f[0], &overflow);
+    if (overflow || mj != D.major)
+        goto no;
+    PyObject *entry = PyDict_GetItemWithError(D.registry, f[2]);
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3
+        || PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2)) != PyList_GET_SIZE(f[8]))
+        goto no;
+    *obj_out = obj;
+    *topic_len = i;
+    *entry_out = entry;
+    return 0;
+no:
+    PyErr_Clear();
+    Py_DECREF(obj);
+    return 1;
+}
+
+/* Envelope(topic, msg_id, source, seq, ts_event, ts_recv, msg) from the unpacked list's header;
+ * steals topic and msg (also on failure). */
+static PyObject *
+make_envelope(PyObject **f, PyObject *source, PyObject *topic, PyObject *msg)
+{
+    PyObject *env = D.envelope->tp_alloc(D.envelope, 7);
+    if (env == NULL) {
+        Py_DECREF(topic);
+        Py_DECREF(msg);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(env, 0, topic);
+    PyTuple_SET_ITEM(env, 1, Py_NewRef(f[3]));
+    PyTuple_SET_ITEM(env, 2, Py_NewRef(source));
+    PyTuple_SET_ITEM(env, 3, Py_NewRef(f[5]));
+    PyTuple_SET_ITEM(env, 4, Py_NewRef(f[6]));
+    PyTuple_SET_ITEM(env, 5, Py_NewRef(f[7]));
+    PyTuple_SET_ITEM(env, 6, msg);
+    return env;
+}
+
 static PyObject *
 sp_decode(PyObject *self, PyObject *frame)
 {
@@ -52,67 +129,19 @@ sp_decode(PyObject *self, PyObject *frame)
         PyErr_SetString(PyExc_RuntimeError, "proto._speedups.configure() was not called");
         return NULL;
     }
-    if (!PyBytes_CheckExact(frame))
-        return fallback(frame);
-    const char *buf = PyBytes_AS_STRING(frame);
-    Py_ssize_t n = PyBytes_GET_SIZE(frame);
-    if (n > D.max_frame)
-        return fallback(frame);
-    const char *sep = memchr(buf, D.sep, (size_t)n);
-    if (sep == NULL || sep == buf)
-        return fallback(frame);
-    Py_ssize_t i = sep - buf;
-
-    PyObject *view = PyMemoryView_FromMemory((char *)(buf + i + 1), n - i - 1, PyBUF_READ);
-    if (view == NULL)
+    PyObject *obj, *entry;
+    Py_ssize_t i;
+    int rc = parse_envelope(frame, &obj, &i, &entry);
+    if (rc < 0)
         return NULL;
-    PyObject *args = PyTuple_Pack(1, view);
-    Py_DECREF(view);
-    if (args == NULL)
-        return NULL;
-    PyObject *obj = PyObject_Call(D.unpackb, args, D.kwargs);
-    Py_DECREF(args);
-    if (obj == NULL) {
-        /* garbage, an ext hook refusal, ...: let the Python path produce its error */
-        PyErr_Clear();
+    if (rc > 0)
         return fallback(frame);
-    }
-    PyObject *out = NULL;
-    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) != 9) {
-        out = fallback(frame);
-        goto done;
-    }
     PyObject **f = ((PyListObject *)obj)->ob_item;
-    PyObject *major = f[0], *tag = f[2], *msg_id = f[3], *source = f[4], *seq = f[5];
-    PyObject *ts_event = f[6], *ts_recv = f[7], *body = f[8];
-    if (!PyLong_CheckExact(major) || !PyUnicode_CheckExact(tag) || !PyLong_CheckExact(msg_id)
-        || !PyUnicode_CheckExact(source) || !PyLong_CheckExact(seq) || !PyLong_CheckExact(ts_event)
-        || !PyLong_CheckExact(ts_recv) || !PyList_CheckExact(body)) {
-        out = fallback(frame);
-        goto done;
-    }
-    int overflow = 0;
-    long mj = PyLong_AsLongAndOverflow(major, &overflow);
-    if (overflow || mj != D.major) {
-        PyErr_Clear();
-        out = fallback(frame);
-        goto done;
-    }
-    PyObject *entry = PyDict_GetItemWithError(D.registry, tag);   /* borrowed (cls, fast, nf) */
-    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3) {
-        PyErr_Clear();
-        out = fallback(frame);
-        goto done;
-    }
-    if (PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2)) != PyList_GET_SIZE(body)) {
-        PyErr_Clear();
-        out = fallback(frame);
-        goto done;
-    }
+    const char *buf = PyBytes_AS_STRING(frame);
+    PyObject *out = NULL;
     PyObject *topic;
     if (D.last_topic != NULL && i == D.last_topic_len && memcmp(D.last_topic_bytes, buf, (size_t)i) == 0) {
-        topic = D.last_topic;                 /* the same topic as the last frame: one str object */
-        Py_INCREF(topic);
+        topic = Py_NewRef(D.last_topic);      /* the same topic as the last frame: one str object */
     } else {
         topic = PyUnicode_DecodeASCII(buf, i, NULL);
         if (topic == NULL) {
@@ -121,49 +150,25 @@ sp_decode(PyObject *self, PyObject *frame)
             goto done;
         }
         if (i <= (Py_ssize_t)sizeof(D.last_topic_bytes)) {
-            Py_XDECREF(D.last_topic);
-            Py_INCREF(topic);
-            D.last_topic = topic;
+            Py_XSETREF(D.last_topic, Py_NewRef(topic));
             D.last_topic_len = i;
             memcpy(D.last_topic_bytes, buf, (size_t)i);
         }
     }
     /* the same source as the last frame: reuse that str (its hash is already computed) */
-    if (D.last_source != NULL && PyUnicode_Compare(source, D.last_source) == 0) {
+    PyObject *source = f[4];
+    if (D.last_source != NULL && PyUnicode_Compare(source, D.last_source) == 0)
         source = D.last_source;
-    } else {
-        if (PyErr_Occurred())
-            PyErr_Clear();
-        Py_XDECREF(D.last_source);
-        Py_INCREF(source);
-        D.last_source = source;
-    }
-    PyObject *msg = PyObject_CallOneArg(PyTuple_GET_ITEM(entry, 1), body);
+    else
+        Py_XSETREF(D.last_source, Py_NewRef(source));
+    PyObject *msg = PyObject_CallOneArg(PyTuple_GET_ITEM(entry, 1), f[8]);
     if (msg == NULL) {               /* let the Python path name the bad field */
         PyErr_Clear();
         Py_DECREF(topic);
         out = fallback(frame);
         goto done;
     }
-    PyObject *env = D.envelope->tp_alloc(D.envelope, 7);
-    if (env == NULL) {
-        Py_DECREF(topic);
-        Py_DECREF(msg);
-        goto done;
-    }
-    PyTuple_SET_ITEM(env, 0, topic);                 /* steals */
-    Py_INCREF(msg_id);
-    PyTuple_SET_ITEM(env, 1, msg_id);
-    Py_INCREF(source);
-    PyTuple_SET_ITEM(env, 2, source);
-    Py_INCREF(seq);
-    PyTuple_SET_ITEM(env, 3, seq);
-    Py_INCREF(ts_event);
-    PyTuple_SET_ITEM(env, 4, ts_event);
-    Py_INCREF(ts_recv);
-    PyTuple_SET_ITEM(env, 5, ts_recv);
-    PyTuple_SET_ITEM(env, 6, msg);                   /* steals */
-    out = env;
+    out = make_envelope(f, source, topic, msg);
 done:
     Py_DECREF(obj);
     return out;
@@ -837,133 +842,71 @@ sp_store_envelope(PyObject *self, PyObject *frame)
         PyErr_SetString(PyExc_RuntimeError, "proto._speedups: configure_store() was not called");
         return NULL;
     }
-    if (!PyBytes_CheckExact(frame))
-        return sp_decode(self, frame);
+    PyObject *obj, *entry;
+    Py_ssize_t i;
+    int rc = parse_envelope(frame, &obj, &i, &entry);
+    if (rc < 0)
+        return NULL;
+    if (rc > 0)
+        return sp_decode(self, frame);       /* the usual decode: its envelope, or its DecodeError */
+    PyObject **f = ((PyListObject *)obj)->ob_item;
     const char *buf = PyBytes_AS_STRING(frame);
-    Py_ssize_t n = PyBytes_GET_SIZE(frame);
-    if (n > D.max_frame)
-        return sp_decode(self, frame);
-    const char *sep = memchr(buf, D.sep, (size_t)n);
-    if (sep == NULL || sep == buf)
-        return sp_decode(self, frame);
-    Py_ssize_t i = sep - buf;
-    for (Py_ssize_t k = 0; k < i; k++) {
-        if ((unsigned char)buf[k] >= 0x80)
-            return sp_decode(self, frame);
-    }
-    PyObject *view = PyMemoryView_FromMemory((char *)(buf + i + 1), n - i - 1, PyBUF_READ);
-    if (view == NULL)
-        return NULL;
-    PyObject *args = PyTuple_Pack(1, view);
-    Py_DECREF(view);
-    if (args == NULL)
-        return NULL;
-    PyObject *obj = PyObject_Call(D.unpackb, args, D.kwargs);
-    Py_DECREF(args);
-    if (obj == NULL) {
-        PyErr_Clear();
-        return sp_decode(self, frame);
-    }
-    PyObject *out = NULL;
+    PyObject *out = NULL, *topic = NULL;
     Buf b;
     b.p = b.small;
     b.len = 0;
     b.cap = (Py_ssize_t)sizeof(b.small);
-    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) != 9)
-        goto none;
-    PyObject **f = ((PyListObject *)obj)->ob_item;
-    PyObject *major = f[0], *tag = f[2], *msg_id = f[3], *source = f[4], *seq = f[5];
-    PyObject *ts_event = f[6], *ts_recv = f[7], *body = f[8];
-    if (!PyLong_CheckExact(major) || !PyUnicode_CheckExact(tag) || !PyLong_CheckExact(msg_id)
-        || !PyUnicode_CheckExact(source) || !PyLong_CheckExact(seq) || !PyLong_CheckExact(ts_event)
-        || !PyLong_CheckExact(ts_recv) || !PyList_CheckExact(body))
-        goto none;
-    int overflow = 0;
-    long mj = PyLong_AsLongAndOverflow(major, &overflow);
-    if (overflow || mj != D.major) {
-        PyErr_Clear();
-        goto none;
-    }
-    PyObject *entry = PyDict_GetItemWithError(D.registry, tag);
-    PyObject *kinds = entry ? PyDict_GetItemWithError(S_kinds, tag) : NULL;
-    if (entry == NULL || kinds == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3
-        || !PyBytes_CheckExact(kinds) || PyBytes_GET_SIZE(kinds) != PyList_GET_SIZE(body)) {
-        PyErr_Clear();
-        goto none;
-    }
+    PyObject *kinds = PyDict_GetItemWithError(S_kinds, f[2]);
     PyObject *cls = PyTuple_GET_ITEM(entry, 0);
-    PyObject *keys = PyDict_GetItemWithError(L.records, cls);
+    PyObject *keys = kinds ? PyDict_GetItemWithError(L.records, cls) : NULL;
     PyObject *type_part = keys ? PyDict_GetItemWithError(L.type_part, cls) : NULL;
-    if (keys == NULL || type_part == NULL || !PyTuple_CheckExact(keys)
-        || PyTuple_GET_SIZE(keys) != PyList_GET_SIZE(body)) {
-        PyErr_Clear();
-        goto none;
+    if (type_part == NULL || !PyBytes_CheckExact(kinds) || PyBytes_GET_SIZE(kinds) != PyList_GET_SIZE(f[8])
+        || !PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != PyList_GET_SIZE(f[8]))
+        goto usual;
+    for (Py_ssize_t k = 0; k < i; k++) {
+        if ((unsigned char)buf[k] >= 0x80)
+            goto usual;
     }
-    PyObject *topic = PyUnicode_DecodeASCII(buf, i, NULL);
+    topic = PyUnicode_DecodeASCII(buf, i, NULL);
     if (topic == NULL)
         goto fail;
     if (put(&b, "{\"topic\":", 9) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, topic)) < 0
-        || put_str(&b, type_part) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, source)) < 0
-        || put_int_field(&b, ",\"seq\":", seq) < 0 || put_int_field(&b, ",\"msg_id\":", msg_id) < 0
-        || put_int_field(&b, ",\"ts_event\":", ts_event) < 0 || put_int_field(&b, ",\"ts_recv\":", ts_recv) < 0
-        || put(&b, ",\"body\":{", 9) < 0) {
-        Py_DECREF(topic);
+        || put_str(&b, type_part) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, f[4])) < 0
+        || put_int_field(&b, ",\"seq\":", f[5]) < 0 || put_int_field(&b, ",\"msg_id\":", f[3]) < 0
+        || put_int_field(&b, ",\"ts_event\":", f[6]) < 0 || put_int_field(&b, ",\"ts_recv\":", f[7]) < 0
+        || put(&b, ",\"body\":{", 9) < 0)
         goto fail;
-    }
     const char *kc = PyBytes_AS_STRING(kinds);
     Py_ssize_t nf = PyBytes_GET_SIZE(kinds);
     for (Py_ssize_t k = 0; k < nf; k++) {
-        if (k && put(&b, ",", 1) < 0) {
-            Py_DECREF(topic);
+        if (k && put(&b, ",", 1) < 0)
             goto fail;
-        }
-        int rc = put_str(&b, PyTuple_GET_ITEM(keys, k));
-        if (rc == 0)
-            rc = put_field(&b, kc[k], PyList_GET_ITEM(body, k));
-        if (rc != 0) {
-            Py_DECREF(topic);
-            if (rc < 0)
-                goto fail;
-            goto none;
-        }
+        int r = put_str(&b, PyTuple_GET_ITEM(keys, k));
+        if (r == 0)
+            r = put_field(&b, kc[k], PyList_GET_ITEM(f[8], k));
+        if (r < 0)
+            goto fail;
+        if (r > 0)
+            goto usual;
     }
-    if (put(&b, "}}", 2) < 0) {
-        Py_DECREF(topic);
+    if (put(&b, "}}", 2) < 0)
         goto fail;
-    }
     PyObject *line = PyUnicode_DecodeASCII(b.p, b.len, NULL);
     PyObject *msg = line ? PyObject_CallOneArg(S_line_type, line) : NULL;
     Py_XDECREF(line);
-    if (msg == NULL) {
-        Py_DECREF(topic);
+    if (msg == NULL)
         goto fail;
-    }
-    PyObject *env = D.envelope->tp_alloc(D.envelope, 7);
-    if (env == NULL) {
-        Py_DECREF(topic);
-        Py_DECREF(msg);
-        goto fail;
-    }
-    PyTuple_SET_ITEM(env, 0, topic);
-    Py_INCREF(msg_id);
-    PyTuple_SET_ITEM(env, 1, msg_id);
-    Py_INCREF(source);
-    PyTuple_SET_ITEM(env, 2, source);
-    Py_INCREF(seq);
-    PyTuple_SET_ITEM(env, 3, seq);
-    Py_INCREF(ts_event);
-    PyTuple_SET_ITEM(env, 4, ts_event);
-    Py_INCREF(ts_recv);
-    PyTuple_SET_ITEM(env, 5, ts_recv);
-    PyTuple_SET_ITEM(env, 6, msg);
-    out = env;
+    out = make_envelope(f, f[4], topic, msg);
+    topic = NULL;                             /* stolen */
     goto done;
-none:
-    out = sp_decode(self, frame);     /* the usual decode: its envelope, or its DecodeError */
+usual:
+    PyErr_Clear();
+    out = sp_decode(self, frame);
     goto done;
 fail:
     out = NULL;
 done:
+    Py_XDECREF(topic);
     if (b.p != b.small)
         PyMem_Free(b.p);
     Py_DECREF(obj);

@@ -129,7 +129,14 @@ def one_start(numba_dir: Path, tmp: Path) -> float:
             if time.monotonic() > deadline:
                 missing = [p for p in PROGRAMS if p not in hb.first]
                 out = start.communicate(timeout=30)[0] if start.poll() is not None else ""
-                raise RuntimeError(f"startup: no heartbeat from {missing} within 120 s {out}")
+                logs = ""
+                for p in missing:               # what the silent node said, to tell why
+                    try:
+                        logs += f"\n--- {p}.log (tail) ---\n" + \
+                            (tmp / "var" / "log" / f"{p}.log").read_text(errors="replace")[-3000:]
+                    except OSError as e:
+                        logs += f"\n--- {p}.log: {e} ---"
+                raise RuntimeError(f"startup: no heartbeat from {missing} within 120 s {out}{logs}")
             hb._stop.wait(0.01)
         secs = (max(hb.first[p] for p in PROGRAMS) - t0) / 1e9
         order = sorted(PROGRAMS, key=lambda p: hb.first[p])
