@@ -565,6 +565,19 @@ put_int_field(Buf *b, const char *key, PyObject *v)
     return put_new(b, PyObject_Str(v));
 }
 
+/* '{"topic":..,"type":..,"source":..,"seq":..,"msg_id":..,"ts_event":..,"ts_recv":..,"body":' */
+static int
+put_line_head(Buf *b, PyObject *topic, PyObject *type_part, PyObject *source, PyObject *seq, PyObject *msg_id,
+              PyObject *ts_event, PyObject *ts_recv)
+{
+    if (put(b, "{\"topic\":", 9) < 0 || put_new(b, PyObject_CallOneArg(L.esc, topic)) < 0
+        || put_str(b, type_part) < 0 || put_new(b, PyObject_CallOneArg(L.esc, source)) < 0
+        || put_int_field(b, ",\"seq\":", seq) < 0 || put_int_field(b, ",\"msg_id\":", msg_id) < 0
+        || put_int_field(b, ",\"ts_event\":", ts_event) < 0 || put_int_field(b, ",\"ts_recv\":", ts_recv) < 0)
+        return -1;
+    return put(b, ",\"body\":", 8);
+}
+
 static PyObject *
 sp_dump_line(PyObject *self, PyObject *env)
 {
@@ -597,15 +610,7 @@ sp_dump_line(PyObject *self, PyObject *env)
     b.len = 0;
     b.cap = (Py_ssize_t)sizeof(b.small);
     PyObject *out = NULL;
-    if (put(&b, "{\"topic\":", 9) == 0
-        && put_new(&b, PyObject_CallOneArg(L.esc, topic)) == 0
-        && put_str(&b, type_part) == 0
-        && put_new(&b, PyObject_CallOneArg(L.esc, source)) == 0
-        && put_int_field(&b, ",\"seq\":", seq) == 0
-        && put_int_field(&b, ",\"msg_id\":", msg_id) == 0
-        && put_int_field(&b, ",\"ts_event\":", ts_event) == 0
-        && put_int_field(&b, ",\"ts_recv\":", ts_recv) == 0
-        && put(&b, ",\"body\":", 8) == 0
+    if (put_line_head(&b, topic, type_part, source, seq, msg_id, ts_event, ts_recv) == 0
         && json_record(&b, msg, keys, 0) == 0
         && put(&b, "}", 1) == 0)
         out = PyUnicode_DecodeASCII(b.p, b.len, NULL);
@@ -870,11 +875,7 @@ sp_store_envelope(PyObject *self, PyObject *frame)
     topic = PyUnicode_DecodeASCII(buf, i, NULL);
     if (topic == NULL)
         goto fail;
-    if (put(&b, "{\"topic\":", 9) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, topic)) < 0
-        || put_str(&b, type_part) < 0 || put_new(&b, PyObject_CallOneArg(L.esc, f[4])) < 0
-        || put_int_field(&b, ",\"seq\":", f[5]) < 0 || put_int_field(&b, ",\"msg_id\":", f[3]) < 0
-        || put_int_field(&b, ",\"ts_event\":", f[6]) < 0 || put_int_field(&b, ",\"ts_recv\":", f[7]) < 0
-        || put(&b, ",\"body\":{", 9) < 0)
+    if (put_line_head(&b, topic, type_part, f[4], f[5], f[3], f[6], f[7]) < 0 || put(&b, "{", 1) < 0)
         goto fail;
     const char *kc = PyBytes_AS_STRING(kinds);
     Py_ssize_t nf = PyBytes_GET_SIZE(kinds);

@@ -131,11 +131,12 @@ def one_start(numba_dir: Path, tmp: Path) -> float:
                 out = start.communicate(timeout=30)[0] if start.poll() is not None else ""
                 logs = ""
                 for p in missing:               # what the silent node said, to tell why
-                    try:
-                        logs += f"\n--- {p}.log (tail) ---\n" + \
-                            (tmp / "var" / "log" / f"{p}.log").read_text(errors="replace")[-3000:]
-                    except OSError as e:
-                        logs += f"\n--- {p}.log: {e} ---"
+                    for name in (f"{p}.log", f"{p}.err.log", "supervisord.log"):
+                        try:
+                            logs += f"\n--- {name} (tail) ---\n" + \
+                                (tmp / "var" / "log" / name).read_text(errors="replace")[-3000:]
+                        except OSError as e:
+                            logs += f"\n--- {name}: {e} ---"
                 raise RuntimeError(f"startup: no heartbeat from {missing} within 120 s {out}{logs}")
             hb._stop.wait(0.01)
         secs = (max(hb.first[p] for p in PROGRAMS) - t0) / 1e9
