@@ -18,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -840,6 +841,191 @@ put_field(Buf *b, char kind, PyObject *v)
     return 1;
 }
 
+/* A msgpack reader over the frame's bytes, for the store path: it reads the subset tickmesh
+ * encoders write (ints, float64, bool, nil, str, arrays) and builds no Python object for the body.
+ * Every function returns 0 on success and 1 for anything else (the frame then takes decode()). */
+typedef struct {
+    const unsigned char *p, *end;
+} Rd;
+
+enum { MP_NIL, MP_FALSE, MP_TRUE, MP_UINT, MP_INT, MP_F64, MP_STR, MP_ARR, MP_OTHER };
+
+typedef struct {
+    int type;
+    uint64_t u;              /* MP_UINT */
+    int64_t i;               /* MP_INT (negative) */
+    double d;                /* MP_F64 */
+    const char *s;           /* MP_STR */
+    Py_ssize_t n;            /* MP_STR length, MP_ARR count */
+} Mp;
+
+static inline int
+rd_be(Rd *r, int nbytes, uint64_t *v)
+{
+    if (r->end - r->p < nbytes)
+        return 1;
+    uint64_t x = 0;
+    for (int k = 0; k < nbytes; k++)
+        x = (x << 8) | r->p[k];
+    r->p += nbytes;
+    *v = x;
+    return 0;
+}
+
+static int
+rd_obj(Rd *r, Mp *m)
+{
+    if (r->p >= r->end)
+        return 1;
+    unsigned c = *r->p++;
+    uint64_t v;
+    m->type = MP_OTHER;
+    if (c <= 0x7f) {
+        m->type = MP_UINT;
+        m->u = c;
+    } else if (c >= 0xe0) {
+        m->type = MP_INT;
+        m->i = (int8_t)c;
+    } else if ((c & 0xe0) == 0xa0 || c == 0xd9 || c == 0xda || c == 0xdb) {
+        if ((c & 0xe0) == 0xa0)
+            v = c & 0x1f;
+        else if (rd_be(r, c == 0xd9 ? 1 : c == 0xda ? 2 : 4, &v))
+            return 1;
+        if ((uint64_t)(r->end - r->p) < v)
+            return 1;
+        m->type = MP_STR;
+        m->s = (const char *)r->p;
+        m->n = (Py_ssize_t)v;
+        r->p += v;
+    } else if ((c & 0xf0) == 0x90 || c == 0xdc || c == 0xdd) {
+        if ((c & 0xf0) == 0x90)
+            v = c & 0x0f;
+        else if (rd_be(r, c == 0xdc ? 2 : 4, &v))
+            return 1;
+        m->type = MP_ARR;
+        m->n = (Py_ssize_t)v;
+    } else if (c == 0xc0) {
+        m->type = MP_NIL;
+    } else if (c == 0xc2) {
+        m->type = MP_FALSE;
+    } else if (c == 0xc3) {
+        m->type = MP_TRUE;
+    } else if (c >= 0xcc && c <= 0xcf) {
+        if (rd_be(r, 1 << (c - 0xcc), &v))
+            return 1;
+        m->type = MP_UINT;
+        m->u = v;
+    } else if (c >= 0xd0 && c <= 0xd3) {
+        int nb = 1 << (c - 0xd0);
+        if (rd_be(r, nb, &v))
+            return 1;
+        int64_t x = nb == 8 ? (int64_t)v : (int64_t)(v << (64 - 8 * nb)) >> (64 - 8 * nb);
+        if (x >= 0) {
+            m->type = MP_UINT;
+            m->u = (uint64_t)x;
+        } else {
+            m->type = MP_INT;
+            m->i = x;
+        }
+    } else if (c == 0xcb) {
+        if (rd_be(r, 8, &v))
+            return 1;
+        m->type = MP_F64;
+        memcpy(&m->d, &v, 8);
+    }
+    return m->type == MP_OTHER;
+}
+
+static PyObject *
+mp_int(const Mp *m)          /* a Python int of an MP_UINT / MP_INT, NULL (no error) otherwise */
+{
+    if (m->type == MP_UINT)
+        return PyLong_FromUnsignedLongLong(m->u);
+    if (m->type == MP_INT)
+        return PyLong_FromLongLong(m->i);
+    return NULL;
+}
+
+static int
+put_mp_int(Buf *b, const Mp *m)
+{
+    char t[32];
+    int n = m->type == MP_UINT ? snprintf(t, sizeof t, "%llu", (unsigned long long)m->u)
+                               : snprintf(t, sizeof t, "%lld", (long long)m->i);
+    return put(b, t, n);
+}
+
+static int
+plain_ascii(const char *s, Py_ssize_t n)   /* printable ASCII that JSON writes as it is */
+{
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned char c = (unsigned char)s[k];
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\')
+            return 0;
+    }
+    return 1;
+}
+
+/* 0: written; 1: not the fast form; -1: error set */
+static int
+put_mp_field(Buf *b, Rd *r, char kind)
+{
+    Mp m;
+    if (rd_obj(r, &m))
+        return 1;
+    int optional = (kind >= 'a' && kind <= 'z');
+    if (m.type == MP_NIL)
+        return optional ? (put(b, "null", 4) < 0 ? -1 : 0) : 1;
+    switch (kind | 0x20) {
+    case 'd':
+        if (m.type != MP_STR || !canon_decimal(m.s, m.n))
+            return 1;
+        return (put(b, "\"", 1) < 0 || put(b, m.s, m.n) < 0 || put(b, "\"", 1) < 0) ? -1 : 0;
+    case 's':
+        if (m.type != MP_STR || !plain_ascii(m.s, m.n))
+            return 1;
+        return (put(b, "\"", 1) < 0 || put(b, m.s, m.n) < 0 || put(b, "\"", 1) < 0) ? -1 : 0;
+    case 'i':
+        if (m.type != MP_UINT && m.type != MP_INT)
+            return 1;
+        return put_mp_int(b, &m) < 0 ? -1 : 0;
+    case 'b':
+        if (m.type == MP_TRUE)
+            return put(b, "true", 4) < 0 ? -1 : 0;
+        if (m.type == MP_FALSE)
+            return put(b, "false", 5) < 0 ? -1 : 0;
+        return 1;
+    case 'f': {
+        if (m.type != MP_F64 || !isfinite(m.d))
+            return 1;
+        char *rep = PyOS_double_to_string(m.d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);   /* float.__repr__ */
+        if (rep == NULL)
+            return -1;
+        int rc = put(b, rep, (Py_ssize_t)strlen(rep));
+        PyMem_Free(rep);
+        return rc < 0 ? -1 : 0;
+    }
+    case 'l': {
+        if (m.type != MP_ARR)
+            return 1;
+        Py_ssize_t n = m.n;
+        if (put(b, "[", 1) < 0)
+            return -1;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            Mp lv, p, q;
+            if (rd_obj(r, &lv) || lv.type != MP_ARR || lv.n != 2 || rd_obj(r, &p) || rd_obj(r, &q)
+                || p.type != MP_STR || q.type != MP_STR || !canon_decimal(p.s, p.n) || !canon_decimal(q.s, q.n))
+                return 1;
+            if ((k && put(b, ",", 1) < 0) || put(b, "[\"", 2) < 0 || put(b, p.s, p.n) < 0
+                || put(b, "\",\"", 3) < 0 || put(b, q.s, q.n) < 0 || put(b, "\"]", 2) < 0)
+                return -1;
+        }
+        return put(b, "]", 1) < 0 ? -1 : 0;
+    }
+    }
+    return 1;
+}
+
 static PyObject *
 sp_store_envelope(PyObject *self, PyObject *frame)
 {
@@ -847,70 +1033,121 @@ sp_store_envelope(PyObject *self, PyObject *frame)
         PyErr_SetString(PyExc_RuntimeError, "proto._speedups: configure_store() was not called");
         return NULL;
     }
-    PyObject *obj, *entry;
-    Py_ssize_t i;
-    int rc = parse_envelope(frame, &obj, &i, &entry);
-    if (rc < 0)
-        return NULL;
-    if (rc > 0)
-        return sp_decode(self, frame);       /* the usual decode: its envelope, or its DecodeError */
-    PyObject **f = ((PyListObject *)obj)->ob_item;
+    if (!PyBytes_CheckExact(frame))
+        return sp_decode(self, frame);
     const char *buf = PyBytes_AS_STRING(frame);
-    PyObject *out = NULL, *topic = NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(frame);
+    const char *sep = n <= D.max_frame ? memchr(buf, D.sep, (size_t)n) : NULL;
+    if (sep == NULL || sep == buf)
+        return sp_decode(self, frame);
+    Py_ssize_t i = sep - buf;
+    if (!plain_ascii(buf, i))
+        return sp_decode(self, frame);
+    Rd r = {(const unsigned char *)sep + 1, (const unsigned char *)buf + n};
+    Mp arr, major, minor, tag, msg_id, source, seq, ts_event, ts_recv, body;
+    if (rd_obj(&r, &arr) || arr.type != MP_ARR || arr.n != 9 || rd_obj(&r, &major) || major.type != MP_UINT
+        || major.u != (uint64_t)D.major || rd_obj(&r, &minor) || (minor.type != MP_UINT && minor.type != MP_INT)
+        || rd_obj(&r, &tag) || tag.type != MP_STR || rd_obj(&r, &msg_id) || (msg_id.type != MP_UINT && msg_id.type != MP_INT)
+        || rd_obj(&r, &source) || source.type != MP_STR || !plain_ascii(source.s, source.n)
+        || rd_obj(&r, &seq) || (seq.type != MP_UINT && seq.type != MP_INT)
+        || rd_obj(&r, &ts_event) || (ts_event.type != MP_UINT && ts_event.type != MP_INT)
+        || rd_obj(&r, &ts_recv) || (ts_recv.type != MP_UINT && ts_recv.type != MP_INT)
+        || rd_obj(&r, &body) || body.type != MP_ARR)
+        return sp_decode(self, frame);
+    PyObject *tag_s = PyUnicode_DecodeUTF8(tag.s, tag.n, NULL);
+    if (tag_s == NULL) {
+        PyErr_Clear();
+        return sp_decode(self, frame);
+    }
+    PyObject *entry = PyDict_GetItemWithError(D.registry, tag_s);
+    PyObject *kinds = entry ? PyDict_GetItemWithError(S_kinds, tag_s) : NULL;
+    Py_DECREF(tag_s);
+    PyObject *cls = (entry && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 3) ? PyTuple_GET_ITEM(entry, 0) : NULL;
+    PyObject *keys = (cls && kinds) ? PyDict_GetItemWithError(L.records, cls) : NULL;
+    PyObject *type_part = keys ? PyDict_GetItemWithError(L.type_part, cls) : NULL;
+    if (type_part == NULL || !PyBytes_CheckExact(kinds) || PyBytes_GET_SIZE(kinds) != body.n
+        || !PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != body.n) {
+        PyErr_Clear();
+        return sp_decode(self, frame);
+    }
+    PyObject *out = NULL, *topic = NULL, *src = NULL, *line = NULL;
     Buf b;
     b.p = b.small;
     b.len = 0;
     b.cap = (Py_ssize_t)sizeof(b.small);
-    PyObject *kinds = PyDict_GetItemWithError(S_kinds, f[2]);
-    PyObject *cls = PyTuple_GET_ITEM(entry, 0);
-    PyObject *keys = kinds ? PyDict_GetItemWithError(L.records, cls) : NULL;
-    PyObject *type_part = keys ? PyDict_GetItemWithError(L.type_part, cls) : NULL;
-    if (type_part == NULL || !PyBytes_CheckExact(kinds) || PyBytes_GET_SIZE(kinds) != PyList_GET_SIZE(f[8])
-        || !PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != PyList_GET_SIZE(f[8]))
-        goto usual;
-    for (Py_ssize_t k = 0; k < i; k++) {
-        if ((unsigned char)buf[k] >= 0x80)
+    /* the envelope head, as put_line_head writes it (topic and source are plain ASCII here) */
+    if (put(&b, "{\"topic\":\"", 10) < 0 || put(&b, buf, i) < 0 || put(&b, "\"", 1) < 0
+        || put_str(&b, type_part) < 0 || put(&b, "\"", 1) < 0 || put(&b, source.s, source.n) < 0
+        || put(&b, "\",\"seq\":", 8) < 0 || put_mp_int(&b, &seq) < 0 || put(&b, ",\"msg_id\":", 10) < 0
+        || put_mp_int(&b, &msg_id) < 0 || put(&b, ",\"ts_event\":", 12) < 0 || put_mp_int(&b, &ts_event) < 0
+        || put(&b, ",\"ts_recv\":", 11) < 0 || put_mp_int(&b, &ts_recv) < 0 || put(&b, ",\"body\":{", 9) < 0)
+        goto fail;
+    const char *kc = PyBytes_AS_STRING(kinds);
+    for (Py_ssize_t k = 0; k < body.n; k++) {
+        if ((k && put(&b, ",", 1) < 0) || put_str(&b, PyTuple_GET_ITEM(keys, k)) < 0)
+            goto fail;
+        int rc = put_mp_field(&b, &r, kc[k]);
+        if (rc < 0)
+            goto fail;
+        if (rc > 0)
             goto usual;
     }
+    if (r.p != r.end)                  /* trailing bytes: decode() refuses the frame */
+        goto usual;
+    if (put(&b, "}}", 2) < 0)
+        goto fail;
     topic = PyUnicode_DecodeASCII(buf, i, NULL);
     if (topic == NULL)
         goto fail;
-    if (put_line_head(&b, topic, type_part, f[4], f[5], f[3], f[6], f[7]) < 0 || put(&b, "{", 1) < 0)
-        goto fail;
-    const char *kc = PyBytes_AS_STRING(kinds);
-    Py_ssize_t nf = PyBytes_GET_SIZE(kinds);
-    for (Py_ssize_t k = 0; k < nf; k++) {
-        if (k && put(&b, ",", 1) < 0)
+    if (D.last_source != NULL && PyUnicode_IS_COMPACT_ASCII(D.last_source)
+        && PyUnicode_GET_LENGTH(D.last_source) == source.n
+        && memcmp(PyUnicode_DATA(D.last_source), source.s, (size_t)source.n) == 0) {
+        src = Py_NewRef(D.last_source);
+    } else {
+        src = PyUnicode_DecodeASCII(source.s, source.n, NULL);
+        if (src == NULL)
             goto fail;
-        int r = put_str(&b, PyTuple_GET_ITEM(keys, k));
-        if (r == 0)
-            r = put_field(&b, kc[k], PyList_GET_ITEM(f[8], k));
-        if (r < 0)
-            goto fail;
-        if (r > 0)
-            goto usual;
+        Py_XSETREF(D.last_source, Py_NewRef(src));
     }
-    if (put(&b, "}}", 2) < 0)
-        goto fail;
-    PyObject *line = PyUnicode_DecodeASCII(b.p, b.len, NULL);
+    line = PyUnicode_DecodeASCII(b.p, b.len, NULL);
     PyObject *msg = line ? PyObject_CallOneArg(S_line_type, line) : NULL;
-    Py_XDECREF(line);
     if (msg == NULL)
         goto fail;
-    out = make_envelope(f, f[4], topic, msg);
-    topic = NULL;                             /* stolen */
+    PyObject *ints[4] = {mp_int(&msg_id), mp_int(&seq), mp_int(&ts_event), mp_int(&ts_recv)};
+    if (!ints[0] || !ints[1] || !ints[2] || !ints[3]) {
+        for (int k = 0; k < 4; k++)
+            Py_XDECREF(ints[k]);
+        Py_DECREF(msg);
+        goto fail;
+    }
+    PyObject *env = D.envelope->tp_alloc(D.envelope, 7);
+    if (env == NULL) {
+        for (int k = 0; k < 4; k++)
+            Py_DECREF(ints[k]);
+        Py_DECREF(msg);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(env, 0, topic);
+    PyTuple_SET_ITEM(env, 1, ints[0]);
+    PyTuple_SET_ITEM(env, 2, src);
+    PyTuple_SET_ITEM(env, 3, ints[1]);
+    PyTuple_SET_ITEM(env, 4, ints[2]);
+    PyTuple_SET_ITEM(env, 5, ints[3]);
+    PyTuple_SET_ITEM(env, 6, msg);
+    topic = src = NULL;                /* stolen */
+    out = env;
     goto done;
 usual:
-    PyErr_Clear();
-    out = sp_decode(self, frame);
+    out = sp_decode(self, frame);      /* the usual decode: its envelope, or its DecodeError */
     goto done;
 fail:
     out = NULL;
 done:
     Py_XDECREF(topic);
+    Py_XDECREF(src);
+    Py_XDECREF(line);
     if (b.p != b.small)
         PyMem_Free(b.p);
-    Py_DECREF(obj);
     return out;
 }
 

@@ -128,9 +128,12 @@ class RotatingFile:
         elif utc_day(now_ns) != self.day:
             self.close(now_ns, "day")
             self.open(now_ns)
-        chunk = []
         size = self.size
         limit = self.rotate_bytes - CLOSE_RESERVE      # a file ends with its _close line under the limit
+        if size + sum(map(len, lines)) + len(lines) <= limit:
+            self._write_chunk(lines)                    # the usual case: the batch fits
+            return
+        chunk = []
         for line in lines:
             n = len(line) + 1     # json.dumps output is ASCII: characters == bytes
             if size + n > limit and self.lines - 1 + len(chunk) > 0:   # never rotate an empty file

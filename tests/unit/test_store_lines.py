@@ -208,3 +208,50 @@ def test_market_data_takes_the_line_path():
               proto.Book("BTC-USD", [[D("65000.01"), D("0.5")]], [[D("65000.02"), D("2")]])):
         env = jsonl.decode_for_store(_encoder().encode("md.x", m))
         assert type(env.msg) is jsonl.Line
+
+
+def _pack_alt(obj, rng):
+    """msgpack of ``obj`` with encodings a foreign packer may choose (larger int, str and array
+    headers than needed, float32), all valid: the store path must agree with decode on them."""
+    import struct
+    if obj is None:
+        return b"\xc0"
+    if obj is True or obj is False:
+        return b"\xc3" if obj else b"\xc2"
+    if isinstance(obj, int):
+        if 0 <= obj < 2**8 and rng.random() < 0.5:
+            return rng.choice([b"\xcc" + struct.pack(">B", obj), b"\xcd" + struct.pack(">H", obj),
+                               b"\xd0" + struct.pack(">b", obj) if obj < 128 else b"\xcc" + struct.pack(">B", obj)])
+        import msgpack
+        return msgpack.packb(obj)
+    if isinstance(obj, float):
+        if abs(obj) < 3e38 and rng.random() < 0.5:
+            return b"\xca" + struct.pack(">f", obj)
+        return b"\xcb" + struct.pack(">d", obj)
+    if isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        if len(raw) < 256 and rng.random() < 0.5:
+            return b"\xd9" + bytes([len(raw)]) + raw
+        import msgpack
+        return msgpack.packb(obj)
+    if isinstance(obj, list):
+        head = rng.choice([b"\xdc" + len(obj).to_bytes(2, "big")] +
+                          ([bytes([0x90 | len(obj)])] if len(obj) < 16 else []))
+        return head + b"".join(_pack_alt(x, rng) for x in obj)
+    raise AssertionError(obj)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(["Tick", "Book", "Trade", "FeedStatus"]),
+       st.sampled_from(["marketdata", "mkt\u00e9", "a\"b", ""]), st.sampled_from([b"", b"\x00", b"\xc0"]))
+def test_foreign_but_valid_encodings_give_the_definitions_line(rng, tag, source, tail):
+    from proto.codec import MAJOR
+    bodies = {"Tick": ["BTC-USD", "65000.01", "65000", "0.5", "65000.02", "0.25", "9000.12"],
+              "Book": ["ETH-USD", [["3200.1", "2"], ["3200", "0.001"]], [["3200.2", "0.5"]]],
+              "Trade": ["BTC-USD", "t-1", "65000.5", "0.01", rng.choice(["BUY", "SELL", "x\u00e9"])],
+              "FeedStatus": ["BTC-USD", rng.choice([True, False]), "OK", "", rng.choice([0.25, 3.0, 1e300])]}
+    env = [MAJOR, rng.choice([0, 1]), tag, rng.choice([1, 2**40, 2**64 - 1]), source, rng.choice([1, 200, 70000]),
+           1_700_000_000_000_000_000, 1_700_000_000_000_000_001, bodies[tag]]
+    frame = b"md.x\x00" + _pack_alt(env, rng) + tail
+    a, b = _store_view(frame)
+    assert a == b
