@@ -76,6 +76,32 @@ DEFAULT_SPECS = {
 }
 
 
+def _ranges(text: str) -> set:
+    out = set()
+    for part in text.replace(",", " ").split():
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def ephemeral_clash(first: int, last: int):
+    """(low, high, [ports]) when ports first..last lie in the kernel's ephemeral port range and
+    are not reserved (Linux: /proc/sys/net/ipv4/ip_local_port_range, ip_local_reserved_ports);
+    None when they do not, or when the kernel does not say."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+            reserved = _ranges(f.read())
+    except (OSError, ValueError):
+        reserved = set()
+    ports = [p for p in range(first, last + 1) if lo <= p <= hi and p not in reserved]
+    return (lo, hi, ports) if ports else None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshConfig:
     """``[mesh]``: the bus shared by every node."""
@@ -105,6 +131,16 @@ class MeshConfig:
             raise ConfigError(f"mesh.transport: must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not (1024 <= self.base_port <= 65535 - 2 * len(NODES)):
             raise ConfigError(f"mesh.base_port: out of range: {self.base_port}")
+        if self.transport == "tcp":
+            clash = ephemeral_clash(self.base_port, self.base_port + 2 * len(NODES) - 1)
+            if clash:
+                lo, hi, ports = clash
+                raise ConfigError(
+                    f"mesh.base_port: ports {self.base_port}-{self.base_port + 2 * len(NODES) - 1} overlap the "
+                    f"kernel's ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range), so any outgoing "
+                    f"connection may take one of them first and the node that owns it cannot bind "
+                    f"(e.g. port {ports[0]}); choose a base_port outside it, or reserve the mesh ports with "
+                    f"net.ipv4.ip_local_reserved_ports")
         for n in self.hosts:
             if n not in NODES:
                 raise ConfigError(f"mesh.hosts.{n}: unknown node (known: {', '.join(NODES)})")

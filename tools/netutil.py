@@ -2,7 +2,7 @@
 import random
 import socket
 
-from nodes.config import NODES
+from nodes.config import NODES, ephemeral_clash
 
 
 def ports_free(base: int, n: int, host: str = "127.0.0.1") -> bool:
@@ -19,18 +19,26 @@ def ports_free(base: int, n: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_base_port(host: str = "127.0.0.1") -> int:
-    """A random base port with every node's two ports free (tests may run in parallel)."""
+    """A random base port with every node's two ports free (tests may run in parallel), below the
+    kernel's ephemeral port range: a port inside it can be taken at any moment as the source port
+    of some outgoing connection (another node's SUB connecting, say), and the node that owns it
+    then cannot bind (seen: 'cannot bind tcp://127.0.0.1:43662: Address already in use')."""
     n = 2 * len(NODES)
+    top = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            top = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    top = max(top, 12000 + n)
     for _ in range(200):
-        base = random.randrange(20000, 60000 - n, 2)
-        if ports_free(base, n, host):
+        base = random.randrange(10000, top - n, 2)
+        if ports_free(base, n, host) and not ephemeral_clash(base, base + n - 1):
             return base
-    raise RuntimeError("no free port range")
+    raise RuntimeError("no free port range below the ephemeral ports")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """One free port, below the ephemeral range (see free_base_port)."""
+    base = free_base_port(host)
+    return base + 2 * len(NODES) - 1       # the range is free; take its last port

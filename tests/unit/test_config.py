@@ -89,3 +89,21 @@ def test_node_main_with_bad_config_exits_naming_the_key(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "config error: mesh.heartbeat_s: expected a number" in r.stderr
+
+
+def test_tcp_ports_inside_the_kernels_ephemeral_range_are_refused():
+    from nodes.config import MeshConfig, _ranges, ephemeral_clash
+    assert _ranges("7100-7119,8000\n") == set(range(7100, 7120)) | {8000}
+    assert _ranges("") == set()
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except OSError:
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range here")
+    inside = (lo + hi) // 2
+    if ephemeral_clash(inside, inside + 19) is None:
+        pytest.skip("this machine reserves those ports")
+    with pytest.raises(ConfigError, match=r"mesh\.base_port: .*ephemeral range.*ip_local_reserved_ports"):
+        MeshConfig(base_port=inside)
+    assert MeshConfig(base_port=inside, transport="ipc").base_port == inside   # no tcp ports used
+    assert MeshConfig().base_port == 7100 and ephemeral_clash(7100, 7119) is None or lo <= 7119
