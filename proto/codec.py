@@ -18,7 +18,6 @@ Decimal fields travel as their exact string (e.g. ``"65000.01"``); the schema in
 Inside free-form fields (``Reply.data``) a Decimal travels as msgpack ext type 1 holding its string
 and a typed record as ext type 2 holding msgpack ``[type_tag, body]``.
 """
-import os
 import random
 import time
 from decimal import Decimal, InvalidOperation
