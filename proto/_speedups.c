@@ -236,6 +236,21 @@ typedef struct {
     char small[512];
 } Buf;
 
+static inline void
+buf_init(Buf *b)
+{
+    b->p = b->small;
+    b->len = 0;
+    b->cap = (Py_ssize_t)sizeof(b->small);
+}
+
+static inline void
+buf_free(Buf *b)
+{
+    if (b->p != b->small)
+        PyMem_Free(b->p);
+}
+
 static int
 buf_reserve(Buf *b, Py_ssize_t extra)
 {
@@ -400,15 +415,12 @@ sp_pack_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Buf b;
-    b.p = b.small;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof(b.small);
+    buf_init(&b);
     PyObject *out = NULL;
     if (put(&b, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0])) == 0
         && pack_obj(&b, args[1], 0) == 0)
         out = PyBytes_FromStringAndSize(b.p, b.len);
-    if (b.p != b.small)
-        PyMem_Free(b.p);
+    buf_free(&b);
     return out;
 }
 
@@ -607,16 +619,13 @@ sp_dump_line(PyObject *self, PyObject *env)
         return NULL;
     }
     Buf b;
-    b.p = b.small;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof(b.small);
+    buf_init(&b);
     PyObject *out = NULL;
     if (put_line_head(&b, topic, type_part, source, seq, msg_id, ts_event, ts_recv) == 0
         && json_record(&b, msg, keys, 0) == 0
         && put(&b, "}", 1) == 0)
         out = PyUnicode_DecodeASCII(b.p, b.len, NULL);
-    if (b.p != b.small)
-        PyMem_Free(b.p);
+    buf_free(&b);
     return out;
 }
 
@@ -996,9 +1005,7 @@ sp_store_envelope(PyObject *self, PyObject *frame)
     }
     PyObject *out = NULL, *topic = NULL, *src = NULL, *line = NULL;
     Buf b;
-    b.p = b.small;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof(b.small);
+    buf_init(&b);
     /* the envelope head, as put_line_head writes it (topic and source are plain ASCII here) */
     if (put(&b, "{\"topic\":\"", 10) < 0 || put(&b, buf, i) < 0 || put(&b, "\"", 1) < 0
         || put_str(&b, type_part) < 0 || put(&b, "\"", 1) < 0 || put(&b, source.s, source.n) < 0
@@ -1070,8 +1077,7 @@ done:
     Py_XDECREF(topic);
     Py_XDECREF(src);
     Py_XDECREF(line);
-    if (b.p != b.small)
-        PyMem_Free(b.p);
+    buf_free(&b);
     return out;
 }
 
