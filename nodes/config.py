@@ -84,15 +84,25 @@ def _ranges(text: str) -> set:
     return out
 
 
-def ephemeral_clash(first: int, last: int):
-    """(low, high, [ports]) when ports first..last lie in the kernel's ephemeral port range and
-    are not reserved (Linux: /proc/sys/net/ipv4/ip_local_port_range, ip_local_reserved_ports);
-    None when they do not, or when the kernel does not say."""
+def ephemeral_range():
+    """(low, high) of the kernel's ephemeral port range (Linux:
+    /proc/sys/net/ipv4/ip_local_port_range), or None when the kernel does not say."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             lo, hi = (int(x) for x in f.read().split())
     except (OSError, ValueError):
         return None
+    return lo, hi
+
+
+def ephemeral_clash(first: int, last: int):
+    """(low, high, [ports]) when ports first..last lie in the kernel's ephemeral port range and
+    are not reserved (ip_local_reserved_ports); None when they do not, or when the kernel does
+    not say."""
+    rng = ephemeral_range()
+    if rng is None:
+        return None
+    lo, hi = rng
     try:
         with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
             reserved = _ranges(f.read())

@@ -2,7 +2,7 @@
 import random
 import socket
 
-from nodes.config import NODES, ephemeral_clash
+from nodes.config import NODES, ephemeral_clash, ephemeral_range
 
 
 def ports_free(base: int, n: int, host: str = "127.0.0.1") -> bool:
@@ -24,13 +24,7 @@ def free_base_port(host: str = "127.0.0.1") -> int:
     of some outgoing connection (another node's SUB connecting, say), and the node that owns it
     then cannot bind (seen: 'cannot bind tcp://127.0.0.1:43662: Address already in use')."""
     n = 2 * len(NODES)
-    top = 32768
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            top = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    top = max(top, 12000 + n)
+    top = max((ephemeral_range() or (32768, 60999))[0], 12000 + n)
     for _ in range(200):
         base = random.randrange(10000, top - n, 2)
         if ports_free(base, n, host) and not ephemeral_clash(base, base + n - 1):
