@@ -201,6 +201,33 @@ def ewma_step(st, r):
     st[O_EWMA] = math.sqrt(v)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _true_range(h, lo, pc, nbars):
+    """True range of a closing bar: H - L, widened to the previous close once there is one
+    (``nbars``: bars closed before this one)."""
+    tr = h - lo
+    if nbars > 0.0:
+        a = abs(h - pc)
+        b = abs(lo - pc)
+        if a > tr:
+            tr = a
+        if b > tr:
+            tr = b
+    return tr
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _wilder(nbars, tr, trsum, atr, period):
+    """Fold the true range of bar number ``nbars`` (from 1) in: the first ATR is the mean of the
+    first ``period`` ranges, then Wilder's smoothing. Returns (trsum, atr, ATR defined)."""
+    if nbars < period:
+        return trsum + tr, atr, False
+    if nbars == period:
+        trsum += tr
+        return trsum, trsum / period, True
+    return trsum, (atr * (period - 1.0) + tr) / period, True
+
+
 @njit("void(float64[::1], float64, int64)", cache=True, error_model="numpy")
 def atr_step(st, price, ts):
     """Aggregate one tick into bars; on a bar close update Wilder's ATR; writes st[O_ATR]."""
@@ -218,31 +245,16 @@ def atr_step(st, price, ts):
         st[S_BC] = price
         return
     # a later bar: close the current one
-    h = st[S_BH]
-    lo = st[S_BL]
-    tr = h - lo
     nb = st[S_NBARS]
-    if nb > 0.0:
-        pc = st[S_PC]
-        a = abs(h - pc)
-        b = abs(lo - pc)
-        if a > tr:
-            tr = a
-        if b > tr:
-            tr = b
+    tr = _true_range(st[S_BH], st[S_BL], st[S_PC], nb)
     nb += 1.0
     st[S_NBARS] = nb
     st[S_PC] = st[S_BC]
-    period = st[P_PERIOD]
-    if nb < period:
-        st[S_TRSUM] += tr
-    elif nb == period:
-        st[S_TRSUM] += tr
-        st[S_ATR] = st[S_TRSUM] / period
-        st[O_ATR] = st[S_ATR]
-    else:
-        st[S_ATR] = (st[S_ATR] * (period - 1.0) + tr) / period
-        st[O_ATR] = st[S_ATR]
+    trsum, atr, ready = _wilder(nb, tr, st[S_TRSUM], st[S_ATR], st[P_PERIOD])
+    st[S_TRSUM] = trsum
+    st[S_ATR] = atr
+    if ready:
+        st[O_ATR] = atr
     st[S_BAR] = float(ts // bar_ns)
     st[S_BH] = st[S_BL] = st[S_BC] = price
 
@@ -426,24 +438,11 @@ def batch(st, prices, ts, out_std, out_ewma, out_atr):
                 bl = price
                 bc = price
             else:                           # a later bar: close the current one
-                tr = bh - bl
-                if nbars > 0.0:
-                    x = abs(bh - pc)
-                    y = abs(bl - pc)
-                    if x > tr:
-                        tr = x
-                    if y > tr:
-                        tr = y
+                tr = _true_range(bh, bl, pc, nbars)
                 nbars += 1.0
                 pc = bc
-                if nbars < period:
-                    trsum += tr
-                elif nbars == period:
-                    trsum += tr
-                    atr = trsum / period
-                    o_atr = atr
-                else:
-                    atr = (atr * (period - 1.0) + tr) / period
+                trsum, atr, ready = _wilder(nbars, tr, trsum, atr, period)
+                if ready:
                     o_atr = atr
                 if t < bar_end + bar_ns:    # the next bar (no 64-bit division)
                     cur += 1.0
