@@ -112,6 +112,19 @@ def ephemeral_clash(first: int, last: int):
     return (lo, hi, ports) if ports else None
 
 
+def pin_cpus(cpus, key: str) -> set:
+    """Confine the calling thread, and every thread it starts afterwards, to ``cpus``; returns
+    the set it had, for ``os.sched_setaffinity(0, old)`` to undo it. A cpu this machine does not
+    offer is a ConfigError naming ``key``."""
+    old = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}: cannot pin to cpus {sorted(cpus)}: {getattr(e, 'strerror', None) or e} "
+                          f"(this process may use cpus {sorted(old)})") from None
+    return old
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshConfig:
     """``[mesh]``: the bus shared by every node."""
@@ -156,6 +169,11 @@ class MeshConfig:
                 raise ConfigError(f"mesh.hosts.{n}: unknown node (known: {', '.join(NODES)})")
         if self.heartbeat_s <= 0:
             raise ConfigError("mesh.heartbeat_s: must be > 0")
+        for n, cpus in self.cpu_affinity.items():
+            if n not in NODES:
+                raise ConfigError(f"mesh.cpu_affinity.{n}: unknown node (known: {', '.join(NODES)})")
+            if not cpus or any(type(c) is not int or c < 0 for c in cpus):
+                raise ConfigError(f"mesh.cpu_affinity.{n}: expected a non-empty list of cpu numbers, got {cpus!r}")
 
     # --- endpoints: derived here, never hard-coded in nodes -----------------------------------
     def endpoint(self, node: str, kind: str, bind: bool = False) -> str:

@@ -610,7 +610,11 @@ def run_main(node_cls, argv=None, description=None, log_stream=None, build=None)
         return 2
     cpus = cfg.mesh.cpu_affinity.get(node_cls.name)
     if cpus:
-        os.sched_setaffinity(0, cpus)
+        try:
+            _config.pin_cpus(cpus, f"mesh.cpu_affinity.{node_cls.name}")
+        except _config.ConfigError as e:
+            print(f"{node_cls.name}: config error: {e}", file=sys.stderr)
+            return 2
         log.info("pinned to cpus %s", cpus)
     signaled = []
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 SECTION_KEYS = {
     "tick_to_trade": None,      # per transport, below
-    "replay": {"ticks_per_s", "raw_per_s", "ratio"},
+    "replay": {"ticks_per_s", "raw_per_s", "ratio", "cpus"},
     "store": {"events_per_s", "plain_per_s", "ratio", "dropped", "kept_up", "plain_python_per_s",
               "ratio_vs_python_plain"},
     "startup": {"warm_s", "cold_s"},
@@ -46,6 +46,7 @@ def test_bench_all_quick_reports_every_key(tmp_path):
             continue
         assert set(rep[sec]) == keys, sec
     assert all(_finite_positive(rep["replay"][k]) for k in ("ticks_per_s", "raw_per_s", "ratio"))
+    assert rep["replay"]["cpus"] and all(isinstance(c, int) for c in rep["replay"]["cpus"])
     assert all(_finite_positive(rep["store"][k]) for k in ("events_per_s", "plain_per_s", "ratio"))
     assert isinstance(rep["store"]["dropped"], int) and rep["store"]["dropped"] >= 0
     assert isinstance(rep["store"]["kept_up"], bool)

@@ -35,6 +35,9 @@ def test_shipped_config_loads_and_is_frozen():
     ("[mesh.product_specs.BTC-USD]\nbase_increment = 'abc'\n", r"mesh\.product_specs\.BTC-USD\.base_increment: not a decimal"),
     ("[mesh.product_specs.BTC-USD]\nbase_incremnt = '1'\n", r"mesh\.product_specs\.BTC-USD\.base_incremnt: unknown key"),
     ("[mesh.hosts]\nrisky = '10.0.0.1'\n", r"mesh\.hosts\.risky: unknown node"),
+    ("[mesh]\ncpu_affinity = { riks = [0] }\n", r"mesh\.cpu_affinity\.riks: unknown node"),
+    ("[mesh]\ncpu_affinity = { risk = [] }\n", r"mesh\.cpu_affinity\.risk: expected a non-empty list"),
+    ("[mesh]\ncpu_affinity = { risk = [-1] }\n", r"mesh\.cpu_affinity\.risk: expected a non-empty list"),
     ("[nonsense]\nx = 1\n", r"nonsense: unknown section"),
     ("[mesh\n", r"not valid TOML"),
 ])
@@ -89,6 +92,39 @@ def test_node_main_with_bad_config_exits_naming_the_key(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "config error: mesh.heartbeat_s: expected a number" in r.stderr
+
+
+def test_node_main_pinned_to_a_cpu_the_machine_lacks_exits_naming_the_key(tmp_path):
+    import os
+    missing = max(os.sched_getaffinity(0)) + 64
+    p = write(tmp_path, f"[mesh]\ncpu_affinity = {{ risk = [{missing}] }}\n")
+    r = subprocess.run([sys.executable, "-c", "import sys; from nodes.runtime import run_main; from nodes.risk import RiskNode;"
+                        "sys.exit(run_main(RiskNode, ['--conf', sys.argv[1]]))", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"config error: mesh.cpu_affinity.risk: cannot pin to cpus [{missing}]" in r.stderr
+
+
+def test_pin_cpus_confines_the_thread_and_returns_what_to_restore():
+    import os
+    import threading
+    before = os.sched_getaffinity(0)
+    one = {max(before)}
+    old = config.pin_cpus(one, "x")
+    try:
+        assert old == before
+        assert os.sched_getaffinity(0) == one
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        t.start()
+        t.join(10)
+        assert seen == [one]            # threads started afterwards inherit it
+    finally:
+        os.sched_setaffinity(0, old)
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(ConfigError, match=r"mesh\.cpu_affinity\.risk: cannot pin to cpus \[4096\]"):
+        config.pin_cpus({4096}, "mesh.cpu_affinity.risk")
+    assert os.sched_getaffinity(0) == before
 
 
 def test_tcp_ports_inside_the_kernels_ephemeral_range_are_refused():

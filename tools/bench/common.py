@@ -160,3 +160,25 @@ def spread(xs) -> str:
     if not xs:
         return "-"
     return f"{xs[0]:.3g}..{xs[-1]:.3g}" if len(xs) > 1 else f"{xs[0]:.3g}"
+
+
+class confined:
+    """``with confined(cpus):`` the calling thread, and every thread it starts inside, runs on
+    ``cpus`` (None: unchanged); its own affinity is restored on exit. The offline-mode sections
+    measure the mesh and their raw baseline inside the same one, as ``python -m nodes.offline``
+    runs (``nodes.offline.default_cpus``)."""
+
+    def __init__(self, cpus):
+        self.cpus = cpus
+        self._old = None
+
+    def __enter__(self):
+        if self.cpus:
+            from nodes.config import pin_cpus
+            self._old = pin_cpus(self.cpus, "bench cpus")
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            os.sched_setaffinity(0, self._old)
+        return False

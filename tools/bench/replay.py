@@ -39,7 +39,8 @@ def base_sections(tmp: Path, state: str) -> dict:
 
 
 def _idle(ctx, mesh, names, stop_at: float) -> bool:
-    """Two consecutive rounds of every node's status counters are equal (nothing moved)."""
+    """Two consecutive rounds of every node's status counters are equal (nothing moved) and the
+    store's writer has nothing queued (every event it received is written)."""
     from nodes.client import RequestClient, RequestTimeout
     from proto import Query
     clients = [RequestClient.for_node(mesh, n, source="bench", context=ctx, timeout_ms=2000) for n in names]
@@ -50,10 +51,10 @@ def _idle(ctx, mesh, names, stop_at: float) -> bool:
             for c in clients:
                 try:
                     cn = c.request(Query("status")).data["counters"]
-                    snap.append((cn.get("received"), cn.get("published")))
+                    snap.append((cn.get("received"), cn.get("published"), cn.get("store_queue", 0)))
                 except RequestTimeout:
                     snap.append(None)
-            if snap == prev and None not in snap:
+            if snap == prev and None not in snap and not any(x[2] for x in snap):
                 return True
             prev = snap
         return False
@@ -208,27 +209,32 @@ def run(quick: bool = False) -> dict:
     events = common.size(quick, 100_000, 20_000, 3_000)
     raw_n = common.size(quick, 300_000, 100_000, 20_000)
     rounds = common.size(quick, 3, 1, 1)
+    from nodes.offline import default_cpus
+    cpus = default_cpus()           # what python -m nodes.offline does; the raw baseline too
+    print(f"replay: offline mode's placement: this process confined to cpu(s) {sorted(cpus)}, "
+          f"the mesh and the raw baseline alike", flush=True)
     tmp = common.tmpdir("tmr-")
     try:
-        path = record(tmp, events)
-        envs = load_events(path)
-        ticks = sum(1 for e in envs if e.msg.TAG == "Tick")
-        frames = frames_of(envs)
-        print(f"replay: file {path.stat().st_size / 1e6:.1f} MB, {len(envs)} market events "
-              f"({ticks} Tick, {sum(1 for e in envs if e.msg.TAG == 'Trade')} Trade, "
-              f"{sum(1 for e in envs if e.msg.TAG == 'Book')} Book)", flush=True)
-        rates, raws = [], []
-        for i in range(rounds):             # interleaved: drift on the shared machine hits both
-            raws.append(raw_inproc(frames, raw_n))
-            r = replay_mesh(tmp / f"run{i}", path, len(envs))
-            rate = r["used"] / r["secs"]
-            rates.append(rate)
-            gaps = sum(r["gaps"].values())
-            print(f"replay: run {i + 1}: {r['used']} events in {r['secs']:.2f} s ({rate:,.0f}/s; the source "
-                  f"finished after {r['replay_secs']:.2f} s), summary saw {r['seen']}, store wrote {r['stored']}, "
-                  f"strategy orders {r['orders']}, bus gaps {gaps} {r['gaps'] if gaps else ''}; raw inproc "
-                  f"{raws[-1]:,.0f}/s" + (f"; kill switch engaged during the run: {r['killswitch']}"
-                                          if r["killswitch"] else ""), flush=True)
+        with common.confined(cpus):
+            path = record(tmp, events)
+            envs = load_events(path)
+            ticks = sum(1 for e in envs if e.msg.TAG == "Tick")
+            frames = frames_of(envs)
+            print(f"replay: file {path.stat().st_size / 1e6:.1f} MB, {len(envs)} market events "
+                  f"({ticks} Tick, {sum(1 for e in envs if e.msg.TAG == 'Trade')} Trade, "
+                  f"{sum(1 for e in envs if e.msg.TAG == 'Book')} Book)", flush=True)
+            rates, raws = [], []
+            for i in range(rounds):             # interleaved: drift on the shared machine hits both
+                raws.append(raw_inproc(frames, raw_n))
+                r = replay_mesh(tmp / f"run{i}", path, len(envs))
+                rate = r["used"] / r["secs"]
+                rates.append(rate)
+                gaps = sum(r["gaps"].values())
+                print(f"replay: run {i + 1}: {r['used']} events in {r['secs']:.2f} s ({rate:,.0f}/s; the source "
+                      f"finished after {r['replay_secs']:.2f} s), summary saw {r['seen']}, store wrote {r['stored']}, "
+                      f"strategy orders {r['orders']}, bus gaps {gaps} {r['gaps'] if gaps else ''}; raw inproc "
+                      f"{raws[-1]:,.0f}/s" + (f"; kill switch engaged during the run: {r['killswitch']}"
+                                              if r["killswitch"] else ""), flush=True)
     finally:
         common.rmtree(tmp)
     global LAST_RAW_PER_S
@@ -236,7 +242,8 @@ def run(quick: bool = False) -> dict:
     raw = LAST_RAW_PER_S = sorted(raws)[len(raws) // 2]
     if len(rates) > 1:
         print(f"replay: spread over {len(rates)} runs: mesh {common.spread(rates)}/s, raw {common.spread(raws)}/s")
-    return {"ticks_per_s": round(rate), "raw_per_s": round(raw), "ratio": round(rate / raw, 4)}
+    return {"ticks_per_s": round(rate), "raw_per_s": round(raw), "ratio": round(rate / raw, 4),
+            "cpus": sorted(cpus)}
 
 
 def table(sec: dict) -> str:

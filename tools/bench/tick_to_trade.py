@@ -294,12 +294,17 @@ def run_mesh(transport: str, trades: int, warmup: int, tmp) -> dict:
 
 def run_transport(transport: str, trades: int, warmup: int, hop_n: int) -> dict:
     tmp = common.tmpdir("tmt-")
+    # inproc is offline mode: one process confined like python -m nodes.offline (one cpu by
+    # default), the raw hop measured in the same placement
+    from nodes.offline import default_cpus
+    cpus = default_cpus() if transport == "inproc" else None
     try:
-        # half the raw samples just before the mesh runs, half just after: the shared machine's
-        # load drifts, and a hop's wake-up cost with it
-        hop = raw_hop(transport, hop_n // 2, tmp)
-        m = run_mesh(transport, trades, warmup, tmp)
-        hop = sorted(hop + raw_hop(transport, hop_n - hop_n // 2, tmp))
+        with common.confined(cpus):
+            # half the raw samples just before the mesh runs, half just after: the shared
+            # machine's load drifts, and a hop's wake-up cost with it
+            hop = raw_hop(transport, hop_n // 2, tmp)
+            m = run_mesh(transport, trades, warmup, tmp)
+            hop = sorted(hop + raw_hop(transport, hop_n - hop_n // 2, tmp))
     finally:
         common.rmtree(tmp)
     lat = m["lat"]
