@@ -14,12 +14,13 @@ from tests.conftest import ROOT
 
 SECTION_KEYS = {
     "tick_to_trade": None,      # per transport, below
-    "replay": {"ticks_per_s", "raw_per_s", "ratio", "cpus"},
+    "replay": {"ticks_per_s", "raw_per_s", "ratio", "cpus", "fanout_raw_per_s", "fanout_ceiling"},
     "store": {"events_per_s", "plain_per_s", "ratio", "dropped", "kept_up", "plain_python_per_s",
               "ratio_vs_python_plain"},
     "startup": {"warm_s", "cold_s"},
 }
-T2T_KEYS = {"p50_us", "p99_us", "max_us", "raw_hop_us", "p50_ratio", "p99_ratio", "trades"}
+T2T_KEYS = {"p50_us", "p99_us", "max_us", "raw_hop_us", "p50_ratio", "p99_ratio", "trades", "relay_floor_us",
+            "floor_ratio"}
 
 
 def _finite_positive(x):
@@ -45,7 +46,8 @@ def test_bench_all_quick_reports_every_key(tmp_path):
         if keys is None:
             continue
         assert set(rep[sec]) == keys, sec
-    assert all(_finite_positive(rep["replay"][k]) for k in ("ticks_per_s", "raw_per_s", "ratio"))
+    assert all(_finite_positive(rep["replay"][k]) for k in ("ticks_per_s", "raw_per_s", "ratio", "fanout_raw_per_s",
+                                                             "fanout_ceiling"))
     assert rep["replay"]["cpus"] and all(isinstance(c, int) for c in rep["replay"]["cpus"])
     assert all(_finite_positive(rep["store"][k]) for k in ("events_per_s", "plain_per_s", "ratio"))
     assert isinstance(rep["store"]["dropped"], int) and rep["store"]["dropped"] >= 0

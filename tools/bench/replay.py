@@ -103,13 +103,26 @@ def load_events(path: Path) -> list:
     return [env for env in jsonl.read(path) if env.msg.TAG in MD_TYPES]
 
 
-def replay_mesh(tmp: Path, path: Path, expect: int) -> dict:
-    """The whole offline mesh on ``path``; returns the figures of one run."""
-    from nodes.offline import Summary, available_nodes
+def replay_conf(tmp: Path, path: Path):
     conf = common.write_conf(tmp, {**base_sections(tmp, "replay"),
                                    "marketdata": {"source": "replay", "replay_file": str(path),
                                                   "replay_speed": "max", "lockstep": False}})
-    cfg = common.load_conf(conf)
+    return common.load_conf(conf)
+
+
+def mesh_subscriptions(cfg) -> dict:
+    """name -> the SUB prefixes of every node of the offline mesh (constructors are cheap: nothing
+    is started)."""
+    from nodes.offline import Summary, available_nodes
+    out = {name: tuple(cls.from_config(cfg).subscriptions) for name, cls in available_nodes()}
+    out["offline"] = Summary.subscriptions
+    return out
+
+
+def replay_mesh(tmp: Path, path: Path, expect: int) -> dict:
+    """The whole offline mesh on ``path``; returns the figures of one run."""
+    from nodes.offline import Summary, available_nodes
+    cfg = replay_conf(tmp, path)
     ctx = zmq.Context()
     summary = Summary(cfg.mesh, context=ctx).start()
     nodes = {}
@@ -198,6 +211,76 @@ def raw_inproc(frames: list, n: int) -> float:
     return got / secs
 
 
+def _fanout_sub(ctx, ep, prefixes, n, ready, out):
+    """``_raw_sub`` with a node's subscriptions: receives ``n`` frames (and does nothing else)."""
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.setsockopt(zmq.LINGER, 0)
+    for p in prefixes + (b"w",):
+        s.setsockopt(zmq.SUBSCRIBE, p)
+    s.connect(ep)
+    while not s.poll(10):
+        ready.set()
+    s.recv()
+    ready.set()
+    got, t0 = 0, None
+    recv = s.recv
+    while got < n:
+        if not s.poll(5000):
+            break
+        if recv()[:1] != b"w":
+            if t0 is None:
+                t0 = time.perf_counter()
+            got += 1
+    out.append((got, n, t0, time.perf_counter()))
+    s.close()
+
+
+def fanout_inproc(frames: list, n: int, subs: dict) -> float:
+    """Messages/s of raw pyzmq over inproc to one SUB thread per node of the offline mesh that
+    takes market data, each with that node's subscriptions and the raw baseline's receive loop,
+    none doing anything with what it receives: the bus's share of the mesh, with no node code.
+    The clock runs, as for ``raw_inproc``, from the first frame received until the last subscriber
+    has all of its frames. Returns (messages/s, subscriber threads)."""
+    topics = [f.split(b"\x00", 1)[0] for f in frames]
+    k = len(frames)
+    plan = []
+    for name, prefixes in sorted(subs.items()):
+        pre = tuple(p.encode() for p in prefixes)
+        per = sum(1 for t in topics if t.startswith(pre))
+        if per:
+            full, rest = divmod(n, k)
+            plan.append((pre, full * per + sum(1 for t in topics[:rest] if t.startswith(pre))))
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.setsockopt(zmq.LINGER, 1000)
+    ep = "inproc://bench.fanout"
+    pub.bind(ep)
+    out, threads = [], []
+    for pre, expect in plan:
+        ready = threading.Event()
+        th = threading.Thread(target=_fanout_sub, args=(ctx, ep, pre, expect, ready, out), daemon=True)
+        th.start()
+        threads.append((th, ready))
+    for th, ready in threads:
+        while not ready.wait(0.005):
+            pub.send(b"w")
+    for _ in range(20):
+        pub.send(b"w")
+    send = pub.send
+    for i in range(n):
+        send(frames[i % k])
+    for th, _ in threads:
+        th.join(120)
+    pub.close()
+    ctx.term()
+    short = [(got, want) for got, want, _, _ in out if got < want]
+    if len(out) < len(plan) or short:
+        raise RuntimeError(f"raw fan-out: subscribers short of frames: {short or 'a subscriber did not finish'}")
+    return n / (max(o[3] for o in out) - min(o[2] for o in out)), len(plan)
+
+
 def frames_of(envs: list) -> list:
     import proto
     enc = proto.Encoder("marketdata")
@@ -223,9 +306,12 @@ def run(quick: bool = False) -> dict:
             print(f"replay: file {path.stat().st_size / 1e6:.1f} MB, {len(envs)} market events "
                   f"({ticks} Tick, {sum(1 for e in envs if e.msg.TAG == 'Trade')} Trade, "
                   f"{sum(1 for e in envs if e.msg.TAG == 'Book')} Book)", flush=True)
-            rates, raws = [], []
+            subs = mesh_subscriptions(replay_conf(tmp / "subs", path))
+            rates, raws, fans = [], [], []
             for i in range(rounds):             # interleaved: drift on the shared machine hits both
                 raws.append(raw_inproc(frames, raw_n))
+                fan, nsubs = fanout_inproc(frames, raw_n, subs)
+                fans.append(fan)
                 r = replay_mesh(tmp / f"run{i}", path, len(envs))
                 rate = r["used"] / r["secs"]
                 rates.append(rate)
@@ -233,21 +319,26 @@ def run(quick: bool = False) -> dict:
                 print(f"replay: run {i + 1}: {r['used']} events in {r['secs']:.2f} s ({rate:,.0f}/s; the source "
                       f"finished after {r['replay_secs']:.2f} s), summary saw {r['seen']}, store wrote {r['stored']}, "
                       f"strategy orders {r['orders']}, bus gaps {gaps} {r['gaps'] if gaps else ''}; raw inproc "
-                      f"{raws[-1]:,.0f}/s" + (f"; kill switch engaged during the run: {r['killswitch']}"
-                                              if r["killswitch"] else ""), flush=True)
+                      f"{raws[-1]:,.0f}/s, raw fan-out to {nsubs} subscribers {fan:,.0f}/s"
+                      + (f"; kill switch engaged during the run: {r['killswitch']}" if r["killswitch"] else ""),
+                      flush=True)
     finally:
         common.rmtree(tmp)
     global LAST_RAW_PER_S
     rate = sorted(rates)[len(rates) // 2]
     raw = LAST_RAW_PER_S = sorted(raws)[len(raws) // 2]
+    fan = sorted(fans)[len(fans) // 2]
     if len(rates) > 1:
-        print(f"replay: spread over {len(rates)} runs: mesh {common.spread(rates)}/s, raw {common.spread(raws)}/s")
+        print(f"replay: spread over {len(rates)} runs: mesh {common.spread(rates)}/s, raw {common.spread(raws)}/s, "
+              f"raw fan-out {common.spread(fans)}/s")
     return {"ticks_per_s": round(rate), "raw_per_s": round(raw), "ratio": round(rate / raw, 4),
-            "cpus": sorted(cpus)}
+            "fanout_raw_per_s": round(fan), "fanout_ceiling": round(fan / raw, 4), "cpus": sorted(cpus)}
 
 
 def table(sec: dict) -> str:
     ok = "ok" if sec["ratio"] >= 0.25 else "MISSED"
     return (f"offline mesh replay (every node, --speed max, no lockstep): {sec['ticks_per_s']:>10,} market events/s\n"
             f"raw pyzmq inproc PUB->SUB, same frames:                   {sec['raw_per_s']:>10,} msgs/s\n"
+            f"raw pyzmq inproc PUB->the mesh's subscribers, no node code: {sec['fanout_raw_per_s']:>8,} msgs/s "
+            f"(ceiling of the ratio: {sec['fanout_ceiling']:.3f})\n"
             f"ratio {sec['ratio']:.3f} (target >= 0.25: {ok})")

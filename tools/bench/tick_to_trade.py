@@ -140,6 +140,107 @@ def raw_hop(transport: str, n: int, tmp) -> list:
     return lat
 
 
+# --- the relay floor: the mesh's hops with no node code ----------------------------------------------------
+
+RELAYS = 4      # marketdata -> strategy -> execution -> risk -> execution -> probe: 4 processes, 5 hops
+
+
+def _relay(ctx, sub_ep, pub_ep, ready):
+    """Forward every frame from ``sub_ep`` to ``pub_ep`` (polling like a node's loop) until b"q"."""
+    own = ctx is None
+    ctx = ctx or zmq.Context()
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    s.connect(sub_ep)
+    p = ctx.socket(zmq.PUB)
+    p.setsockopt(zmq.LINGER, 0)
+    p.bind(pub_ep)
+    ready.set()
+    poller = zmq.Poller()
+    poller.register(s, zmq.POLLIN)
+    f = None
+    while f != b"q":
+        if not poller.poll(1000):
+            continue
+        f = s.recv()
+        p.send(f)
+    s.close()
+    p.close()
+    if own:
+        ctx.term()
+
+
+def relay_floor(transport: str, n: int, tmp) -> list:
+    """Sorted latencies (us) of ``n`` frames sent ``RATE_HZ`` times a second through ``RELAYS``
+    relays (own processes, or threads on inproc) and back to this process: the tick-to-trade
+    path's hops and processes with no node code at all. Its median over the raw hop is the lowest
+    p50 ratio the mesh could show."""
+    from tools.netutil import free_base_port
+    if transport == "inproc":
+        eps = [f"inproc://bench.relay{i}" for i in range(RELAYS + 1)]
+    elif transport == "ipc":
+        d = tmp / "ipc-relay"
+        d.mkdir(parents=True, exist_ok=True)
+        eps = [f"ipc://{d}/h{i}" for i in range(RELAYS + 1)]
+    else:
+        base = free_base_port()
+        eps = [f"tcp://127.0.0.1:{base + i}" for i in range(RELAYS + 1)]
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(eps[0])
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(eps[-1])
+    children, lat = [], []
+    sp = mp.get_context("spawn")
+    try:
+        for i in range(RELAYS):
+            if transport == "inproc":
+                ready = threading.Event()
+                child = threading.Thread(target=_relay, args=(ctx, eps[i], eps[i + 1], ready), daemon=True)
+            else:
+                ready = sp.Event()
+                child = sp.Process(target=_relay, args=(None, eps[i], eps[i + 1], ready))
+            child.start()
+            children.append(child)
+            if not ready.wait(30):
+                raise RuntimeError("relay floor: a relay did not start")
+        deadline = time.monotonic() + 60
+        while not sub.poll(10):                 # until the chain is connected end to end
+            pub.send(b"w")
+            if time.monotonic() > deadline:
+                raise RuntimeError("relay floor: the chain never connected")
+        while sub.poll(50):
+            sub.recv()
+        period = 1.0 / RATE_HZ
+        nxt = time.monotonic()
+        for _ in range(n):
+            nxt += period
+            d = nxt - time.monotonic()
+            if d > 0:
+                time.sleep(d)               # pacing the load, not synchronising
+            t = time.time_ns()
+            pub.send(b"t %019d " % t + PAD)
+            if sub.poll(2000):
+                sub.recv()
+                lat.append((time.time_ns() - t) / 1000)
+    finally:
+        pub.send(b"q")
+        for c in children:
+            c.join(5)
+            if hasattr(c, "kill") and c.is_alive():
+                c.kill()
+        pub.close()
+        sub.close()
+        ctx.term()
+    if len(lat) < n * 0.9:
+        raise RuntimeError(f"relay floor: only {len(lat)} of {n} frames came back")
+    return sorted(lat)
+
+
 # --- the probe ----------------------------------------------------------------------------------------------
 
 class Probe:
@@ -305,6 +406,7 @@ def run_transport(transport: str, trades: int, warmup: int, hop_n: int) -> dict:
             hop = raw_hop(transport, hop_n // 2, tmp)
             m = run_mesh(transport, trades, warmup, tmp)
             hop = sorted(hop + raw_hop(transport, hop_n - hop_n // 2, tmp))
+            floor = relay_floor(transport, hop_n, tmp)
     finally:
         common.rmtree(tmp)
     lat = m["lat"]
@@ -315,11 +417,13 @@ def run_transport(transport: str, trades: int, warmup: int, hop_n: int) -> dict:
     p50, p99 = common.pct(total, 0.5), common.pct(total, 0.99)
     res = {"p50_us": round(p50, 1), "p99_us": round(p99, 1), "max_us": round(total[-1], 1),
            "raw_hop_us": round(raw, 1), "p50_ratio": round(p50 / raw, 2), "p99_ratio": round(p99 / raw, 2),
-           "trades": len(total)}
+           "trades": len(total), "relay_floor_us": round(common.pct(floor, 0.5), 1),
+           "floor_ratio": round(common.pct(floor, 0.5) / raw, 2)}
     parts = [sorted(x[i] for x in lat) for i in (1, 2, 3)]
     c = m["strategy"]
     print(f"tick_to_trade {transport}: {len(total)} trades in {m['secs']:.1f} s "
           f"({len(total) / m['secs']:.0f}/s); raw hop p50 {raw:.1f} p99 {common.pct(hop, 0.99):.1f} us; "
+          f"{RELAYS} relays, no node code, p50 {common.pct(floor, 0.5):.1f} p99 {common.pct(floor, 0.99):.1f} us; "
           f"split p50 (us): origin->execution {common.pct(parts[0], 0.5):.0f}, "
           f"execution->fill stamp (risk round trip) {common.pct(parts[1], 0.5):.0f}, "
           f"stamp->probe {common.pct(parts[2], 0.5):.0f}; strategy: submitted {c.get('submitted')}, "
@@ -340,14 +444,16 @@ def run(quick: bool = False) -> dict:
 
 def table(sec: dict) -> str:
     lines = [f"{'transport':<9} {'p50 us':>8} {'p99 us':>8} {'max us':>9} {'raw hop':>8} {'p50/hop':>8} "
-             f"{'p99/hop':>8} {'trades':>7}"]
+             f"{'p99/hop':>8} {'trades':>7} {'floor':>8} {'floor/hop':>9}"]
     for tr, r in sec.items():
         target = ""
         if tr == "ipc":
             target = f"  target p50 <= 6x {'ok' if r['p50_ratio'] <= 6 else 'MISSED'}, " \
                      f"p99 <= 15x {'ok' if r['p99_ratio'] <= 15 else 'MISSED'}"
         lines.append(f"{tr:<9} {r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['max_us']:>9.1f} {r['raw_hop_us']:>8.1f} "
-                     f"{r['p50_ratio']:>8.2f} {r['p99_ratio']:>8.2f} {r['trades']:>7}{target}")
+                     f"{r['p50_ratio']:>8.2f} {r['p99_ratio']:>8.2f} {r['trades']:>7} {r['relay_floor_us']:>8.1f} "
+                     f"{r['floor_ratio']:>9.2f}{target}")
     lines.append("(tick receive stamp in marketdata -> fill event received by a subscriber; raw hop: one "
-                 "pyzmq PUB->SUB hop at the same pace)")
+                 "pyzmq PUB->SUB hop at the same pace; floor: the same 5 hops through 4 relays that do "
+                 "nothing, the lowest p50/hop the mesh could show)")
     return "\n".join(lines)
