@@ -172,9 +172,14 @@ def paced(envs: list, rate: float, seconds: float, tmp) -> dict:
 
 
 def bus_rate_of_target3(frames: list) -> float:
-    """0.25 x the raw inproc bus rate: the replay section's measurement of this run if it ran."""
+    """0.25 x the raw inproc bus rate: the replay section's measurement of this run if it ran, else
+    measured here the same way (in offline mode's placement)."""
+    from nodes.offline import default_cpus
     from . import replay
-    raw = replay.LAST_RAW_PER_S or replay.raw_inproc(frames, common.size(False, 200_000, 100_000, 20_000))
+    raw = replay.LAST_RAW_PER_S
+    if raw is None:
+        with common.confined(default_cpus()):
+            raw = replay.raw_inproc(frames, common.size(False, 200_000, 100_000, 20_000))
     return 0.25 * raw
 
 
