@@ -159,60 +159,9 @@ def replay_mesh(tmp: Path, path: Path, expect: int) -> dict:
             "orders": extra.get("strategy", {}).get("submitted", 0), "killswitch": killswitch}
 
 
-def _raw_sub(ctx, ep, n, ready, out):
-    s = ctx.socket(zmq.SUB)
-    s.setsockopt(zmq.RCVHWM, 0)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SUBSCRIBE, b"")
-    s.connect(ep)
-    while not s.poll(10):
-        ready.set()
-    s.recv()
-    ready.set()
-    got, t0 = 0, None
-    recv = s.recv
-    while got < n:
-        if not s.poll(5000):
-            break
-        f = recv()
-        if f[:1] == b"w":
-            continue
-        if t0 is None:
-            t0 = time.perf_counter()
-        got += 1
-    out.append((got, time.perf_counter() - (t0 or time.perf_counter())))
-    s.close()
-
-
-def raw_inproc(frames: list, n: int) -> float:
-    """Messages/s of raw pyzmq PUB -> SUB over inproc, two threads of this process."""
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.setsockopt(zmq.LINGER, 1000)
-    ep = "inproc://bench.raw"
-    pub.bind(ep)
-    ready, out = threading.Event(), []
-    th = threading.Thread(target=_raw_sub, args=(ctx, ep, n, ready, out), daemon=True)
-    th.start()
-    while not ready.wait(0.005):
-        pub.send(b"w")
-    for _ in range(20):
-        pub.send(b"w")
-    send, k = pub.send, len(frames)
-    for i in range(n):
-        send(frames[i % k])
-    th.join(120)
-    pub.close()
-    ctx.term()
-    got, secs = out[0] if out else (0, 0.0)
-    if got < n:
-        raise RuntimeError(f"raw inproc: {got} of {n} frames arrived")
-    return got / secs
-
-
-def _fanout_sub(ctx, ep, prefixes, n, ready, out):
-    """``_raw_sub`` with a node's subscriptions: receives ``n`` frames (and does nothing else)."""
+def _raw_sub(ctx, ep, prefixes, n, ready, out):
+    """A raw SUB thread: subscribes to ``prefixes``, then receives ``n`` frames (poll, then one
+    ``recv``) and does nothing with them; appends (got, n, first received, last received)."""
     s = ctx.socket(zmq.SUB)
     s.setsockopt(zmq.RCVHWM, 0)
     s.setsockopt(zmq.LINGER, 0)
@@ -236,12 +185,17 @@ def _fanout_sub(ctx, ep, prefixes, n, ready, out):
     s.close()
 
 
-def fanout_inproc(frames: list, n: int, subs: dict) -> float:
-    """Messages/s of raw pyzmq over inproc to one SUB thread per node of the offline mesh that
-    takes market data, each with that node's subscriptions and the raw baseline's receive loop,
-    none doing anything with what it receives: the bus's share of the mesh, with no node code.
-    The clock runs, as for ``raw_inproc``, from the first frame received until the last subscriber
-    has all of its frames. Returns (messages/s, subscriber threads)."""
+def raw_inproc(frames: list, n: int) -> float:
+    """Messages/s of raw pyzmq PUB -> SUB over inproc, two threads of this process."""
+    return fanout_inproc(frames, n, {"raw": ("",)})[0]
+
+
+def fanout_inproc(frames: list, n: int, subs: dict):
+    """Messages/s of raw pyzmq over inproc from one PUB thread (this one) sending ``frames`` to a
+    SUB thread per entry of ``subs`` (name -> topic prefixes), each receiving what its prefixes
+    match and doing nothing with it. With the offline mesh's nodes that take market data, that is
+    the bus's share of the mesh with no node code. The clock runs from the first frame received
+    until the last subscriber has all of its frames. Returns (messages/s, subscriber threads)."""
     topics = [f.split(b"\x00", 1)[0] for f in frames]
     k = len(frames)
     plan = []
@@ -255,12 +209,12 @@ def fanout_inproc(frames: list, n: int, subs: dict) -> float:
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 0)
     pub.setsockopt(zmq.LINGER, 1000)
-    ep = "inproc://bench.fanout"
+    ep = "inproc://bench.raw"
     pub.bind(ep)
     out, threads = [], []
     for pre, expect in plan:
         ready = threading.Event()
-        th = threading.Thread(target=_fanout_sub, args=(ctx, ep, pre, expect, ready, out), daemon=True)
+        th = threading.Thread(target=_raw_sub, args=(ctx, ep, pre, expect, ready, out), daemon=True)
         th.start()
         threads.append((th, ready))
     for th, ready in threads:
@@ -277,7 +231,7 @@ def fanout_inproc(frames: list, n: int, subs: dict) -> float:
     ctx.term()
     short = [(got, want) for got, want, _, _ in out if got < want]
     if len(out) < len(plan) or short:
-        raise RuntimeError(f"raw fan-out: subscribers short of frames: {short or 'a subscriber did not finish'}")
+        raise RuntimeError(f"raw inproc: subscribers short of frames: {short or 'a subscriber did not finish'}")
     return n / (max(o[3] for o in out) - min(o[2] for o in out)), len(plan)
 
 

@@ -141,7 +141,7 @@ def one_start(numba_dir: Path, tmp: Path) -> float:
             hb._stop.wait(0.01)
         secs = (max(hb.first[p] for p in PROGRAMS) - t0) / 1e9
         order = sorted(PROGRAMS, key=lambda p: hb.first[p])
-        print(f"startup: first heartbeats after (s): "
+        print("startup: first heartbeats after (s): "
               + ", ".join(f"{p} {(hb.first[p] - t0) / 1e9:.2f}" for p in order), flush=True)
         start.communicate(timeout=60)
         return secs

@@ -68,6 +68,18 @@ def sections(transport: str, tmp, base_port: int) -> dict:
 PAD = b"x" * 120
 
 
+def _paced(n: int):
+    """Yield ``n`` times, ``RATE_HZ`` times a second (pacing the load, not synchronising)."""
+    period = 1.0 / RATE_HZ
+    nxt = time.monotonic()
+    for _ in range(n):
+        nxt += period
+        d = nxt - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        yield
+
+
 def _raw_sub(ctx, endpoint, n, ready, out):
     """Receive stamped frames; the latency of each is its arrival time minus its stamp."""
     own = ctx is None
@@ -119,13 +131,7 @@ def raw_hop(transport: str, n: int, tmp) -> list:
         pub.send(b"w")
         if time.monotonic() > deadline:
             raise RuntimeError("raw hop: the subscriber never connected")
-    period = 1.0 / RATE_HZ
-    nxt = time.monotonic()
-    for _ in range(n):
-        nxt += period
-        d = nxt - time.monotonic()
-        if d > 0:
-            time.sleep(d)               # pacing the load, not synchronising
+    for _ in _paced(n):
         pub.send(b"t %019d " % time.time_ns() + PAD)
     if transport == "inproc":
         child.join(30)
@@ -215,13 +221,7 @@ def relay_floor(transport: str, n: int, tmp) -> list:
                 raise RuntimeError("relay floor: the chain never connected")
         while sub.poll(50):
             sub.recv()
-        period = 1.0 / RATE_HZ
-        nxt = time.monotonic()
-        for _ in range(n):
-            nxt += period
-            d = nxt - time.monotonic()
-            if d > 0:
-                time.sleep(d)               # pacing the load, not synchronising
+        for _ in _paced(n):
             t = time.time_ns()
             pub.send(b"t %019d " % t + PAD)
             if sub.poll(2000):
