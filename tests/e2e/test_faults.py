@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,7 +40,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 import proto
 from nodes import config
@@ -49,31 +47,17 @@ from nodes.client import RequestClient
 from nodes.execution.journal import read_records, rebuild
 from nodes.execution.positions import PositionBook
 from proto import Code, KillSwitchCmd, OrderIntent, Query, jsonl
-from tests.conftest import ROOT, free_base_port, free_port
+from tests.conftest import ROOT
+from tests.e2e.harness import BIN, PROGRAMS, PY, SupervisedMesh, wait
 from tests.integration.ops_sink import Sink
 
 pytestmark = pytest.mark.e2e
 
-PY = sys.executable
-BIN = Path(sys.executable).parent
-PROGRAMS = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts")
 NS = 1_000_000_000
 # market steps per second of the fake exchange: with every level2 change published as a whole book,
 # enough traffic (~1 MB/s) that a subscriber stalled for ten seconds overflows the kernel's socket
 # buffers and the high-water marks (at 50 steps/s the buffers absorbed it all: no gap to see)
 RATE_HZ = 200
-
-
-def wait(pred, timeout, what, interval=0.1):
-    """Poll state that has no event to wait on (supervisorctl, HTTP, files)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not reached within {timeout} s (last: {last!r:.300})")
 
 
 class Bus:
@@ -184,17 +168,13 @@ class FakeExchange:
             self.p.wait(5)
 
 
-class Mesh:
+class Mesh(SupervisedMesh):
     def __init__(self, tmp: Path, ws_url: str, sink: Sink):
-        self.tmp = tmp
-        self.conf = tmp / "supervisord.conf"
-        shutil.copy(ROOT / "supervisord.conf", self.conf)
-        self.metrics_port = free_port()
-        (tmp / "mesh.toml").write_text(f"""
+        super().__init__(tmp, lambda m: f"""
 [mesh]
 transport = "tcp"
-base_port = {free_base_port()}
-state_dir = "{tmp}/state"
+base_port = {m.base_port}
+state_dir = "{m.tmp}/state"
 heartbeat_s = 0.5
 request_timeout_ms = 3000
 products = ["BTC-USD", "ETH-USD"]
@@ -224,37 +204,15 @@ threshold_bps = "0"
 flush_interval_s = 0.05
 
 [metrics]
-port = {self.metrics_port}
+port = {m.metrics_port}
 
 [alerts]
 cooldown_s = 0.0
 node_timeout_s = 3.0
 backoff_base_s = 0.05
-""")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_"))}
-        env.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=PY,
-                   SLACK_WEBHOOK_URL=sink.url + "/slack/services/T0/B0/faults")
-        self.env = env
+""", SLACK_WEBHOOK_URL=sink.url + "/slack/services/T0/B0/faults")
         self.cfg = config.load(tmp / "mesh.toml", env={}, read_dotenv=False)
         self.mesh = self.cfg.mesh
-
-    def make(self, target):
-        return subprocess.run(["make", "-s", "-C", str(ROOT), "-o", ".venv/.installed", target,
-                               f"SUPERVISOR_CONF={self.conf}"], env=self.env, capture_output=True, text=True,
-                              timeout=60)
-
-    def supervisorctl(self, *args, timeout=30):
-        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
-
-    def status(self) -> dict:
-        rows = {}
-        for line in self.supervisorctl("status").stdout.splitlines():
-            parts = line.split()
-            if len(parts) >= 2:
-                m = re.search(r"pid (\d+)", line)
-                rows[parts[0].split(":")[-1]] = (parts[1], int(m.group(1)) if m else None)
-        return rows
 
     def request(self, node, msg, timeout_ms=3000):
         with RequestClient.for_node(self.mesh, node, source="ctl", timeout_ms=timeout_ms) as c:
@@ -262,34 +220,6 @@ backoff_base_s = 0.05
 
     def killswitch(self):
         return self.request("risk", KillSwitchCmd("status")).data
-
-    def scrape(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
-
-    def our_processes(self) -> list:
-        marker = f"TICKMESH_CONF={self.tmp}/mesh.toml".encode()
-        found = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit() or int(d) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{d}/environ", "rb") as f:
-                    if marker not in f.read().split(b"\0"):
-                        continue
-                with open(f"/proc/{d}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        continue
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                if "make" in cmd.split(" ")[0]:
-                    continue
-                found.append((int(d), cmd.strip()))
-            except OSError:
-                continue
-        return found
 
 
 def _is_fill(e, since_ns=0):

@@ -19,46 +19,25 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_base_port, free_port
+from tests.conftest import ROOT
+from tests.e2e.harness import BIN, PROGRAMS, SupervisedMesh, wait
 from tests.integration.ops_sink import Sink
 
 pytestmark = pytest.mark.e2e
 
-PROGRAMS = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts")
-BIN = Path(sys.executable).parent
 
-
-def wait(pred, timeout, what, interval=0.2):
-    """Poll a condition that has no event to wait on (process tables, HTTP endpoints)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not reached within {timeout} s (last: {last!r})")
-
-
-class Mesh:
+class Mesh(SupervisedMesh):
     def __init__(self, tmp: Path, ws_url: str, sink: Sink):
-        self.tmp = tmp
-        self.conf = tmp / "supervisord.conf"
-        shutil.copy(ROOT / "supervisord.conf", self.conf)
-        self.metrics_port = free_port()
-        base = free_base_port()
-        (tmp / "mesh.toml").write_text(f"""
+        super().__init__(tmp, lambda m: f"""
 [mesh]
 transport = "tcp"
-base_port = {base}
-state_dir = "{tmp}/state"
+base_port = {m.base_port}
+state_dir = "{m.tmp}/state"
 heartbeat_s = 0.5
 request_timeout_ms = 3000
 products = ["BTC-USD", "ETH-USD"]
@@ -72,70 +51,18 @@ plugins = ["sma"]
 products = ["ETH-USD"]
 
 [metrics]
-port = {self.metrics_port}
+port = {m.metrics_port}
 
 [alerts]
 cooldown_s = 0.0
 node_timeout_s = 3.0
 backoff_base_s = 0.05
-""")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_"))}
-        env.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=sys.executable,
-                   SLACK_WEBHOOK_URL=sink.url + "/slack/services/T0/B0/e2e",
-                   TEAMS_WEBHOOK_URL=sink.url + "/teams/webhookb2/e2e")
-        self.env = env
-
-    def make(self, target):
-        return subprocess.run(["make", "-s", "-C", str(ROOT), "-o", ".venv/.installed", target,
-                               f"SUPERVISOR_CONF={self.conf}"], env=self.env, capture_output=True, text=True,
-                              timeout=60)
-
-    def supervisorctl(self, *args):
-        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], env=self.env,
-                              capture_output=True, text=True, timeout=20)
-
-    def status(self) -> dict:
-        out = self.supervisorctl("status").stdout
-        rows = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 2:
-                m = re.search(r"pid (\d+)", line)
-                rows[parts[0].split(":")[-1]] = (parts[1], int(m.group(1)) if m else None)
-        return rows
+""", SLACK_WEBHOOK_URL=sink.url + "/slack/services/T0/B0/e2e",
+                         TEAMS_WEBHOOK_URL=sink.url + "/teams/webhookb2/e2e")
 
     def ctl(self, *args, timeout=20):
         return subprocess.run([sys.executable, "-m", "tools.ctl", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
-
-    def scrape(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
-
-    def our_processes(self) -> list:
-        """Live processes started for this test (their environment names our mesh.toml)."""
-        marker = f"TICKMESH_CONF={self.tmp}/mesh.toml".encode()
-        found = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit() or int(d) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{d}/environ", "rb") as f:
-                    if marker not in f.read().split(b"\0"):
-                        continue
-                with open(f"/proc/{d}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        continue                 # a zombie is not running
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                if "tools.ctl" in cmd or "tools.tap" in cmd or "make" in cmd.split(" ")[0]:
-                    continue                     # our own tool invocations are not the mesh
-                found.append((int(d), cmd.strip()))
-            except OSError:
-                continue
-        return found
 
 
 class Tap:
@@ -179,6 +106,8 @@ class Tap:
         except subprocess.TimeoutExpired:
             self.p.kill()
             return self.p.wait(5)
+
+
 
 
 def test_mesh_under_supervisord(record_property):
