@@ -1,6 +1,6 @@
 """Offline mode's cpu placement: every node is a thread of one process sharing one GIL, so by
 default the process is confined to one cpu (docs/performance.md: cross-cpu GIL hand-offs made a
-replay 2.3x slower on 2 vCPUs); ``mesh.cpu_affinity.offline`` or ``--cpus`` choose otherwise, and
+replay 2.4x slower on 2 vCPUs); ``mesh.cpu_affinity.offline`` or ``--cpus`` choose otherwise, and
 the caller's own placement is restored when ``main`` returns."""
 import os
 import threading
