@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from nodes.config import NODES
 from tests.conftest import ROOT, free_base_port, free_port
 
 PY = sys.executable
@@ -41,8 +42,13 @@ class SupervisedMesh:
         self.tmp = tmp
         self.conf = tmp / "supervisord.conf"
         shutil.copy(ROOT / "supervisord.conf", self.conf)
-        self.metrics_port = free_port()
         self.base_port = free_base_port()
+        # the mesh's own ports are not bound yet, so free_port() alone may pick one of them (seen:
+        # metrics.port 15027 inside base_port 15020's range: the metrics node could never bind)
+        mesh_ports = range(self.base_port, self.base_port + 2 * len(NODES))
+        self.metrics_port = free_port()
+        while self.metrics_port in mesh_ports:
+            self.metrics_port = free_port()
         (tmp / "mesh.toml").write_text(toml(self))
         e = {k: v for k, v in os.environ.items() if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_"))}
         e.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=PY, **env)
