@@ -155,11 +155,11 @@ class MeshConfig:
         if not (1024 <= self.base_port <= 65535 - 2 * len(NODES)):
             raise ConfigError(f"mesh.base_port: out of range: {self.base_port}")
         if self.transport == "tcp":
-            clash = ephemeral_clash(self.base_port, self.base_port + 2 * len(NODES) - 1)
+            clash = ephemeral_clash(self.tcp_ports()[0], self.tcp_ports()[-1])
             if clash:
                 lo, hi, ports = clash
                 raise ConfigError(
-                    f"mesh.base_port: ports {self.base_port}-{self.base_port + 2 * len(NODES) - 1} overlap the "
+                    f"mesh.base_port: ports {self.tcp_ports()[0]}-{self.tcp_ports()[-1]} overlap the "
                     f"kernel's ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range), so any outgoing "
                     f"connection may take one of them first and the node that owns it cannot bind "
                     f"(e.g. port {ports[0]}); choose a base_port outside it, or reserve the mesh ports with "
@@ -176,6 +176,10 @@ class MeshConfig:
                 raise ConfigError(f"mesh.cpu_affinity.{n}: expected a non-empty list of cpu numbers, got {cpus!r}")
 
     # --- endpoints: derived here, never hard-coded in nodes -----------------------------------
+    def tcp_ports(self) -> range:
+        """The ports the mesh binds over tcp: two per node slot from ``base_port``."""
+        return range(self.base_port, self.base_port + 2 * len(NODES))
+
     def endpoint(self, node: str, kind: str, bind: bool = False) -> str:
         if node not in NODES:
             raise ConfigError(f"unknown node {node!r}")

@@ -8,6 +8,7 @@ import time
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from nodes.config import ConfigError
 from nodes.runtime import Node, NodeStartError
 from proto import topics
 
@@ -29,6 +30,10 @@ class MetricsNode(Node):
         if self.conf is None:
             from .config import MetricsConfig
             self.conf = MetricsConfig()
+        ports = mesh.tcp_ports()
+        if mesh.transport == "tcp" and self.conf.port in ports:
+            raise ConfigError(f"metrics.port: {self.conf.port} is one of the mesh's own tcp ports "
+                              f"({ports[0]}-{ports[-1]} from mesh.base_port {mesh.base_port}); choose another")
         self.registry = CollectorRegistry()
         self.metrics = MeshMetrics(self.registry, node_timeout_s=self.conf.node_timeout_s,
                                    roundtrip_buckets=self.conf.roundtrip_buckets,

@@ -166,6 +166,16 @@ def test_config_validation():
         MetricsConfig(roundtrip_buckets=[0.5, 0.1])
 
 
+def test_metrics_port_inside_the_mesh_tcp_ports_is_refused_naming_the_key():
+    from nodes.config import MeshConfig
+    from nodes.metrics import MetricsNode
+    mesh = MeshConfig(transport="tcp", base_port=7100)
+    with pytest.raises(ConfigError, match=r"metrics\.port: 7105 is one of the mesh's own tcp ports \(7100-7119"):
+        MetricsNode(mesh, MetricsConfig(port=7105))
+    MetricsNode(mesh, MetricsConfig(port=7120))                         # just past the range
+    MetricsNode(MeshConfig(transport="ipc"), MetricsConfig(port=7105))  # no tcp ports on ipc
+
+
 def _exposed_names(m) -> set:
     names = set()
     for fam in m.registry.collect():
