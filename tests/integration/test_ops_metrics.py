@@ -76,7 +76,10 @@ def test_scrape_and_parse(mesh, ctx):
         ex.send(topics.PNL, proto.PnL(D("-0.39"), D("0"), D("-0.39"), D("99999.61"), D("0.39"), "2026-01-01"))
         risk.send(topics.RISK_DECISION, proto.RiskDecision("c2", "BTC-USD", False, "MAX_NOTIONAL", "too big", 900))
         risk.send(topics.RISK_KILLSWITCH, proto.KillSwitch(True, "test", "manual", time.time_ns()))
+        # the last event of each publisher: events of one publisher arrive in order, but the two
+        # publishers' streams interleave in any order (waiting on risk's alone raced the PnL)
         wait_sample(m.port, "tickmesh_killswitch_engaged", 1.0)
+        wait_sample(m.port, "tickmesh_equity_quote", 99999.61)
         s = scrape(m.port)
         get = lambda name, **lb: s.get((name, frozenset(lb.items())))  # noqa: E731
         assert get("tickmesh_orders_total", status="FILLED", product="BTC-USD") == 1
