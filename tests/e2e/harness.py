@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodes.config import NODES
+from nodes.config import MeshConfig
 from tests.conftest import ROOT, free_base_port, free_port
 
 PY = sys.executable
@@ -45,7 +45,7 @@ class SupervisedMesh:
         self.base_port = free_base_port()
         # the mesh's own ports are not bound yet, so free_port() alone may pick one of them (seen:
         # metrics.port 15027 inside base_port 15020's range: the metrics node could never bind)
-        mesh_ports = range(self.base_port, self.base_port + 2 * len(NODES))
+        mesh_ports = MeshConfig(transport="tcp", base_port=self.base_port).tcp_ports()
         self.metrics_port = free_port()
         while self.metrics_port in mesh_ports:
             self.metrics_port = free_port()
