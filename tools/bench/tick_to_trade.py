@@ -80,14 +80,20 @@ def _paced(n: int):
         yield
 
 
-def _raw_sub(ctx, endpoint, n, ready, out):
-    """Receive stamped frames; the latency of each is its arrival time minus its stamp."""
-    own = ctx is None
-    ctx = ctx or zmq.Context()
+def _sub_all(ctx, endpoint):
+    """A SUB socket on ``endpoint`` taking every frame (no linger)."""
     s = ctx.socket(zmq.SUB)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SUBSCRIBE, b"")
     s.connect(endpoint)
+    return s
+
+
+def _raw_sub(ctx, endpoint, n, ready, out):
+    """Receive stamped frames; the latency of each is its arrival time minus its stamp."""
+    own = ctx is None
+    ctx = ctx or zmq.Context()
+    s = _sub_all(ctx, endpoint)
     poller = zmq.Poller()
     poller.register(s, zmq.POLLIN)
     lat = []
@@ -155,10 +161,7 @@ def _relay(ctx, sub_ep, pub_ep, ready):
     """Forward every frame from ``sub_ep`` to ``pub_ep`` (polling like a node's loop) until b"q"."""
     own = ctx is None
     ctx = ctx or zmq.Context()
-    s = ctx.socket(zmq.SUB)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SUBSCRIBE, b"")
-    s.connect(sub_ep)
+    s = _sub_all(ctx, sub_ep)
     p = ctx.socket(zmq.PUB)
     p.setsockopt(zmq.LINGER, 0)
     p.bind(pub_ep)
@@ -196,10 +199,7 @@ def relay_floor(transport: str, n: int, tmp) -> list:
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(eps[0])
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(eps[-1])
+    sub = _sub_all(ctx, eps[-1])
     children, lat = [], []
     sp = mp.get_context("spawn")
     try:
