@@ -193,23 +193,11 @@ sp_configure(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "separator must be one byte");
         return NULL;
     }
-    if (configured) {
-        Py_CLEAR(D.unpackb);
-        Py_CLEAR(D.kwargs);
-        Py_CLEAR(D.registry);
-        Py_CLEAR(D.envelope);
-        Py_CLEAR(D.fallback);
-    }
-    Py_INCREF(unpackb);
-    Py_INCREF(kwargs);
-    Py_INCREF(registry);
-    Py_INCREF(envelope);
-    Py_INCREF(fb);
-    D.unpackb = unpackb;
-    D.kwargs = kwargs;
-    D.registry = registry;
-    D.envelope = (PyTypeObject *)envelope;
-    D.fallback = fb;
+    Py_XSETREF(D.unpackb, Py_NewRef(unpackb));
+    Py_XSETREF(D.kwargs, Py_NewRef(kwargs));
+    Py_XSETREF(D.registry, Py_NewRef(registry));
+    Py_XSETREF(D.envelope, (PyTypeObject *)Py_NewRef(envelope));
+    Py_XSETREF(D.fallback, Py_NewRef(fb));
     D.major = major;
     D.max_frame = max_frame;
     D.sep = (unsigned char)PyBytes_AS_STRING(sepobj)[0];
@@ -640,21 +628,11 @@ sp_configure_lines(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "Envelope and Decimal must be types");
         return NULL;
     }
-    Py_XDECREF(L.records);
-    Py_XDECREF(L.type_part);
-    Py_XDECREF(L.esc);
-    Py_XDECREF(L.decimal);
-    Py_XDECREF(L.envelope);
-    Py_INCREF(records);
-    Py_INCREF(type_part);
-    Py_INCREF(esc);
-    Py_INCREF(decimal);
-    Py_INCREF(envelope);
-    L.records = records;
-    L.type_part = type_part;
-    L.esc = esc;
-    L.decimal = decimal;
-    L.envelope = (PyTypeObject *)envelope;
+    Py_XSETREF(L.records, Py_NewRef(records));
+    Py_XSETREF(L.type_part, Py_NewRef(type_part));
+    Py_XSETREF(L.esc, Py_NewRef(esc));
+    Py_XSETREF(L.decimal, Py_NewRef(decimal));
+    Py_XSETREF(L.envelope, (PyTypeObject *)Py_NewRef(envelope));
     L.ready = 1;
     Py_RETURN_NONE;
 }
