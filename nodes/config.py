@@ -155,11 +155,12 @@ class MeshConfig:
         if not (1024 <= self.base_port <= 65535 - 2 * len(NODES)):
             raise ConfigError(f"mesh.base_port: out of range: {self.base_port}")
         if self.transport == "tcp":
-            clash = ephemeral_clash(self.tcp_ports()[0], self.tcp_ports()[-1])
+            first, last = self.tcp_ports()[0], self.tcp_ports()[-1]
+            clash = ephemeral_clash(first, last)
             if clash:
                 lo, hi, ports = clash
                 raise ConfigError(
-                    f"mesh.base_port: ports {self.tcp_ports()[0]}-{self.tcp_ports()[-1]} overlap the "
+                    f"mesh.base_port: ports {first}-{last} overlap the "
                     f"kernel's ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range), so any outgoing "
                     f"connection may take one of them first and the node that owns it cannot bind "
                     f"(e.g. port {ports[0]}); choose a base_port outside it, or reserve the mesh ports with "

@@ -198,12 +198,12 @@ def fanout_inproc(frames: list, n: int, subs: dict):
     until the last subscriber has all of its frames. Returns (messages/s, subscriber threads)."""
     topics = [f.split(b"\x00", 1)[0] for f in frames]
     k = len(frames)
+    full, rest = divmod(n, k)          # frames[i % k] for i < n: the list full times, then its head
     plan = []
     for name, prefixes in sorted(subs.items()):
         pre = tuple(p.encode() for p in prefixes)
         per = sum(1 for t in topics if t.startswith(pre))
         if per:
-            full, rest = divmod(n, k)
             plan.append((pre, full * per + sum(1 for t in topics[:rest] if t.startswith(pre))))
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
