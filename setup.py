@@ -22,6 +22,7 @@ setup(
         "requests>=2.31,<3",
         "PyJWT>=2.8,<3",
         "cryptography>=42",
+        "rich>=13,<16",                  # tickmesh top: the live terminal screen
     ],
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3"],
