@@ -1,15 +1,21 @@
 """Configuration: one frozen, keyword-only object per section, loaded once from TOML.
 
-* ``conf/mesh.toml`` (or the file named by ``TICKMESH_CONF``) holds every non-secret key.
-* ``.env`` (optional) and the process environment override documented keys (see ``ENV_KEYS`` and
-  the generic ``TICKMESH_<SECTION>__<KEY>`` form, e.g. ``TICKMESH_RISK__MAX_ORDER_NOTIONAL=5000``).
-* ``conf/secrets.env`` (optional) and the environment hold secrets; they are wrapped in ``Secret``
-  so they never show in a log line or a repr.
+* ``conf/mesh.toml`` (or the file named by ``--conf`` / ``TICKMESH_CONF``) holds every non-secret key.
+* ``.env`` in the checkout (optional; ``TICKMESH_DOTENV`` names another file, ``TICKMESH_DOTENV=``
+  none) and the process environment override documented keys (see ``ENV_KEYS`` and the generic
+  ``TICKMESH_<SECTION>__<KEY>`` form, e.g. ``TICKMESH_RISK__MAX_ORDER_NOTIONAL=5000``); the real
+  environment wins over ``.env``.
+* Secrets come from ``secrets.env`` beside the config file (``conf/secrets.env`` for the default
+  config; ``TICKMESH_SECRETS`` names another file, ``TICKMESH_SECRETS=`` none) and from the
+  environment, which wins. They are wrapped in ``Secret`` so they never show in a log line or a repr.
+  ``Config.describe()`` says which files were read (``tickmesh config check`` prints it).
 
 Unknown sections or keys and wrong types stop the node at start with a ``ConfigError`` naming the
-key (``risk.max_order_notional: expected a decimal, got list``).
+key (``risk.max_order_notional: expected a decimal, got list``); ``check()`` validates everything a
+node would at build time, for ``tickmesh config check``.
 """
 import dataclasses
+import difflib
 import importlib
 import os
 import tomllib
@@ -140,7 +146,7 @@ class MeshConfig:
     products: tuple[str, ...] = ("BTC-USD", "ETH-USD")
     state_dir: str = "var"               # journals, kill-switch state, store files (relative: to the checkout)
     log_level: str = "INFO"
-    curve: bool = False                  # CurveZMQ on tcp (see [security])
+    curve: bool = False                  # CurveZMQ on tcp (nodes/security.py; keys in keys_dir)
     keys_dir: str = "conf/keys"          # public/secret keys when curve = true
     cpu_affinity: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # node -> cpus
     product_specs: dict[str, ProductSpec] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPECS))
@@ -215,14 +221,9 @@ SECTIONS = {
     "strategy": "nodes.strategy.config:StrategyConfig",
     "metrics": "nodes.metrics.config:MetricsConfig",
     "alerts": "nodes.alerts.config:AlertsConfig",
-    "security": "nodes.config:SecurityConfig",
 }
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SecurityConfig:
-    """``[security]``: CurveZMQ details (``mesh.curve`` switches it on)."""
-    allow_any_known_key: bool = True
+# ([security] allow_any_known_key was accepted and never read: CurveZMQ is mesh.curve and
+# mesh.keys_dir, and the authenticator always admits exactly the public keys in keys_dir/public.)
 
 
 # Documented environment names -> (section, key)
@@ -238,14 +239,24 @@ ENV_KEYS = {
 }
 SECRET_NAMES = ("COINBASE_API_KEY", "COINBASE_API_SECRET", "SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN",
                 "SLACK_CHANNEL", "TEAMS_WEBHOOK_URL", "TICKMESH_LIVE")
+# Environment names that steer the loader itself (not keys of a section).
+LOADER_ENV = ("TICKMESH_CONF", "TICKMESH_DOTENV", "TICKMESH_SECRETS", "TICKMESH_PYTHON")
 
 
 def section_class(name: str):
     spec = SECTIONS.get(name)
     if spec is None:
-        raise ConfigError(f"{name}: unknown section (known: {', '.join(SECTIONS)})")
+        raise ConfigError(f"{name}: unknown section{_did_you_mean(name, SECTIONS)}")
     mod, _, attr = spec.partition(":")
     return getattr(importlib.import_module(mod), attr)
+
+
+def _did_you_mean(name: str, known) -> str:
+    """`` (did you mean x?)`` for a near miss, else `` (known: a, b, ...)``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f" (known: {', '.join(sorted(known))})"
 
 
 def _type_name(tp) -> str:
@@ -253,17 +264,15 @@ def _type_name(tp) -> str:
             Decimal: "a decimal"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def convert(tp, value, key: str, from_env: bool = False):
-    """Check/convert one value against a type annotation. Raises ConfigError naming ``key``."""
+def convert(tp, value, key: str):
+    """Check/convert one TOML value against a type annotation. Raises ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
         tp = [a for a in args if a is not type(None)][0]
-        return convert(tp, value, key, from_env)
-    if from_env and isinstance(value, str):
-        value = _parse_env(tp, value, key)
+        return convert(tp, value, key)
     if tp is bool:
         if type(value) is bool:
             return value
@@ -306,8 +315,14 @@ def convert(tp, value, key: str, from_env: bool = False):
 
 
 def _parse_env(tp, s: str, key: str):
+    """An environment string -> the value TOML would have given (``build`` then converts it, once:
+    a Decimal key gets the string, as from TOML)."""
     import json
     origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if s == "" and type(None) in typing.get_args(tp):
+            return None
+        return _parse_env([a for a in typing.get_args(tp) if a is not type(None)][0], s, key)
     if tp is bool:
         low = s.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -346,7 +361,7 @@ def build(cls, data: dict, prefix: str):
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key{_did_you_mean(unknown[0], names)}")
     kwargs = {k: convert(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -382,12 +397,15 @@ def read_env_file(path: Path) -> dict:
 
 
 class Config:
-    """The whole loaded configuration: ``.mesh``, ``.section(name)``, ``.secrets``."""
+    """The whole loaded configuration: ``.mesh``, ``.section(name)``, ``.secrets``; ``.sources``
+    says which files and environment names it came from."""
 
-    def __init__(self, sections: dict, secrets: dict, path: Path):
+    def __init__(self, sections: dict, secrets: dict, path: Path, sources: dict = None):
         self._sections = sections
         self.secrets = secrets
         self.path = path
+        self.sources = sources or {"config": str(path), "dotenv": None, "secrets_file": None,
+                                   "secrets_found": False, "env_overrides": {}}
 
     @property
     def mesh(self) -> MeshConfig:
@@ -408,33 +426,99 @@ class Config:
         """A copy with one section's keys changed (tests, offline mode)."""
         secs = dict(self._sections)
         secs[name] = dataclasses.replace(self.section(name), **changes)
-        return Config(secs, self.secrets, self.path)
+        return Config(secs, self.secrets, self.path, self.sources)
+
+    def describe(self) -> str:
+        """One line for a start-up log: the files read and the names of the secrets set (never
+        their values)."""
+        s = self.sources
+        sec = s["secrets_file"]
+        if sec is None:
+            sec_text = "no secrets file (TICKMESH_SECRETS is empty)"
+        else:
+            sec_text = f"secrets {sec}" + ("" if s["secrets_found"] else " (not found)")
+        names = sorted(k for k, v in self.secrets.items() if v)
+        env = s["env_overrides"]
+        return (f"config {s['config']}; .env {s['dotenv'] or 'not read'}; {sec_text}; "
+                f"secrets set: {', '.join(names) or 'none'}; "
+                f"environment overrides: {', '.join(f'{k} ({v})' for k, v in env.items()) or 'none'}")
 
     def __repr__(self):
         return f"Config(path={str(self.path)!r}, sections={sorted(self._sections)})"
 
 
+def dotenv_path(env) -> Path:
+    """The ``.env`` file to read: ``TICKMESH_DOTENV`` (from ``env``, else the process environment,
+    so a test run can switch it off for every load), default ``<checkout>/.env``; None when empty."""
+    v = env.get("TICKMESH_DOTENV", os.environ.get("TICKMESH_DOTENV"))
+    if v is None:
+        return ROOT / ".env"
+    return Path(v) if v.strip() else None
+
+
+def secrets_path(conf_path: Path, env) -> Path:
+    """The secrets file: ``TICKMESH_SECRETS`` if set (empty: none, None returned), else
+    ``secrets.env`` in the config file's directory (``conf/secrets.env`` for ``conf/mesh.toml``)."""
+    v = env.get("TICKMESH_SECRETS")
+    if v is None:
+        return Path(conf_path).parent / "secrets.env"
+    return Path(v) if v.strip() else None
+
+
+def load_secrets(conf_path: Path, env) -> tuple:
+    """(name -> Secret, the file looked at or None, whether it existed). The environment wins."""
+    path = secrets_path(conf_path, env)
+    secrets = {}
+    found = path is not None and path.exists()
+    if found:
+        for k, v in read_env_file(path).items():
+            secrets[k] = Secret(v)
+    for k in SECRET_NAMES:
+        if env.get(k):
+            secrets[k] = Secret(env[k])
+    return secrets, path, found
+
+
+def resolve_env(env=None, read_dotenv: bool = True) -> tuple:
+    """(the environment the loader sees: the process's or ``env``, plus ``.env`` entries it lacks;
+    the .env file read or None)."""
+    env = dict(os.environ if env is None else env)
+    dot = dotenv_path(env) if read_dotenv else None
+    if dot is not None and dot.exists():
+        for k, v in read_env_file(dot).items():
+            env.setdefault(k, v)
+    else:
+        dot = None
+    return env, dot
+
+
 def load(path=None, env=None, *, read_dotenv: bool = True) -> Config:
     """Load and validate. ``path`` defaults to ``TICKMESH_CONF`` or ``conf/mesh.toml``."""
-    env = dict(os.environ if env is None else env)
-    if read_dotenv:
-        for k, v in read_env_file(ROOT / ".env").items():
-            env.setdefault(k, v)
+    env, dot = resolve_env(env, read_dotenv)
     path = Path(path or env.get("TICKMESH_CONF") or DEFAULT_CONF)
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file is a directory: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path.name}: not valid TOML: {e}") from None
-    # environment overrides
+    # environment overrides: parsed into what TOML would hold, then validated with the file's keys
+    overrides = {}        # "section.key" -> environment name
     for ename, (sec, key) in ENV_KEYS.items():
         if ename in env:
-            raw.setdefault(sec, {})[key] = _EnvValue(env[ename])
+            raw.setdefault(sec, {})[key] = _EnvValue(env[ename], ename)
+            overrides[f"{sec}.{key}"] = ename
     for ename, v in env.items():
         if ename.startswith("TICKMESH_") and "__" in ename:
             sec, _, key = ename[len("TICKMESH_"):].partition("__")
-            raw.setdefault(sec.lower(), {})[key.lower()] = _EnvValue(v)
+            sec, key = sec.lower(), key.lower()
+            if sec not in SECTIONS:
+                raise ConfigError(f"{sec}: unknown section{_did_you_mean(sec, SECTIONS)} "
+                                  f"(from the environment: {ename})")
+            raw.setdefault(sec, {})[key] = _EnvValue(v, ename)
+            overrides[f"{sec}.{key}"] = ename
     sections = {}
     for name, data in raw.items():
         cls = section_class(name)
@@ -445,22 +529,60 @@ def load(path=None, env=None, *, read_dotenv: bool = True) -> Config:
         for k, v in data.items():
             if isinstance(v, _EnvValue):
                 if k not in hints:
-                    raise ConfigError(f"{name}.{k}: unknown key (from the environment)")
-                v = convert(hints[k], v.value, f"{name}.{k}", from_env=True)
+                    raise ConfigError(f"{name}.{k}: unknown key{_did_you_mean(k, hints)} "
+                                  f"(from the environment: {v.name})")
+                try:
+                    v = _parse_env(hints[k], v.value, f"{name}.{k}")
+                except ConfigError as e:
+                    raise ConfigError(f"{e} (from the environment: {v.name})") from None
             plain[k] = v
-        sections[name] = build(cls, plain, name)
+        try:
+            sections[name] = build(cls, plain, name)
+        except ConfigError as e:
+            # name the environment variable when the bad value came from it
+            msg = str(e)
+            for dotted, ename in overrides.items():
+                if msg.startswith((dotted + ":", dotted + ".", dotted + "[")):
+                    raise ConfigError(f"{msg} (from the environment: {ename})") from None
+            raise
     sections.setdefault("mesh", MeshConfig())
-    secrets = {}
-    for k, v in read_env_file(path.parent / "secrets.env").items():
-        secrets[k] = Secret(v)
-    for k in SECRET_NAMES:
-        if env.get(k):
-            secrets[k] = Secret(env[k])
-    return Config(sections, secrets, path)
+    secrets, sec_path, found = load_secrets(path, env)
+    sources = {"config": str(path), "dotenv": str(dot) if dot else None,
+               "secrets_file": str(sec_path) if sec_path else None, "secrets_found": found,
+               "env_overrides": overrides}
+    return Config(sections, secrets, path, sources)
+
+
+def check(cfg: Config, build_nodes: bool = True) -> list:
+    """Everything a node checks at start, for every section: each section built (defaults for the
+    absent ones) and, with ``build_nodes``, each node constructed from it without starting it (a
+    constructor stores config and collaborators only), which runs the checks that need more than
+    one section (strategy plugin parameters, live-trading switches). Raises the first
+    ConfigError; returns the node names built."""
+    for name in SECTIONS:
+        cfg.section(name)
+    built = []
+    if build_nodes:
+        for name in SECTIONS:
+            if name == "mesh":
+                continue
+            mod = importlib.import_module(f"nodes.{name}")
+            cls = next((c for c in vars(mod).values()
+                        if isinstance(c, type) and getattr(c, "name", None) == name and hasattr(c, "from_config")),
+                       None)
+            if cls is None:
+                continue
+            try:
+                cls.from_config(cfg)
+            except ConfigError:
+                raise
+            built.append(name)
+    return built
 
 
 class _EnvValue:
-    __slots__ = ("value",)
+    __slots__ = ("value", "name")
 
-    def __init__(self, value):
+    def __init__(self, value, name):
         self.value = value
+        self.name = name
