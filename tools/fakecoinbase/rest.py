@@ -19,7 +19,14 @@ What the official SDK (``coinbase.rest.RESTClient``) needs to run unmodified aga
   seeded random walk): marketable orders fill at once at the touch (taker fee); resting limits fill
   (maker fee) when ``trade()`` prints through them, sized by the traded volume, or when
   ``set_market`` moves the touch through them.
-* **Faults on demand**: ``fail_next(n, status=429|500|503, method=, path=)``; optional rate limit.
+* **Public market data** (no JWT, like Coinbase): GET ``/market/products/{id}``,
+  ``/market/products/{id}/candles`` and ``/market/products/{id}/ticker`` (market trades), served
+  from ``PublicHistory``: seeded trades that are the same for any window asked, and candles
+  aggregated from those very trades. Coinbase's limits are enforced: at most 350 candles per
+  request (more is a 400), ``limit`` required and at most 1000 for trades.
+* **Faults on demand**: ``fail_next(n, status=429|500|503, method=, path=, skip=)``; optional rate
+  limits (private, and public per ``public_rate_limit_per_s``). A fault with no ``path`` only hits
+  private requests; name a ``/market/`` path to fail public ones.
 * Order changes are pushed to listeners: the ``user`` WebSocket channel (``tools.fakecoinbase.user``).
 
 ``python -m tools.fakecoinbase.rest`` runs REST + user channel standalone (see ``main``). Money is
@@ -31,6 +38,7 @@ import datetime as _dt
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import ssl
@@ -117,13 +125,221 @@ class AuthError(Exception):
     pass
 
 
+# --- public market history (candles and market trades) ---------------------------------------------
+
+GRANULARITY = {"ONE_MINUTE": 60, "FIVE_MINUTE": 300, "FIFTEEN_MINUTE": 900, "THIRTY_MINUTE": 1800,
+               "ONE_HOUR": 3600, "TWO_HOUR": 7200, "SIX_HOUR": 21600, "ONE_DAY": 86400}
+MAX_CANDLES = 350           # per request: Coinbase answers 400 beyond it
+MAX_TRADES = 1000           # market trades ``limit``
+PRICE_TICK = D("0.01")
+SIZE_QUANTUM = D("0.00000001")
+HISTORY_BASE = {"BTC-USD": 65000.0, "ETH-USD": 3500.0, "SOL-USD": 150.0}
+
+
+class RequestError(Exception):
+    """A request the API refuses: ``status`` and the Coinbase error body."""
+
+    def __init__(self, status: int, error: str, message: str):
+        super().__init__(message)
+        self.status, self.body = status, {"error": error, "error_details": message, "message": message}
+
+
+def _bad(message: str) -> RequestError:
+    return RequestError(400, "INVALID_ARGUMENT", message)
+
+
+def _unix_arg(q: dict, name: str, required: bool):
+    v = (q.get(name) or [None])[0]
+    if v in (None, ""):
+        if required:
+            raise _bad(f"{name} is required")
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise _bad(f"{name} must be a UNIX timestamp in seconds, got {v!r}") from None
+
+
+class PublicHistory:
+    """Seeded market trades for any product and any window, and the candles of those trades.
+
+    The tape is a function of ``(seed, product, hour)``: each UTC hour is generated on its own (a
+    Brownian bridge of the log mid between two seeded hourly anchors, so hours join up; a spread of
+    1-5 ticks; Poisson arrivals at ``trades_per_s``; each trade at the ask (taker buy) or at the bid
+    (taker sell); log-normal sizes), so two requests for overlapping windows see the same trades,
+    whatever the order they come in. Trade ids are ``epoch_second * 100 + i``: increasing with time.
+    ``side`` is the maker's side, as on the ``market_trades`` channel. Candles are aggregated from
+    the same trades (a bucket without trades has no candle, as on Coinbase)."""
+
+    def __init__(self, seed: int = 0, trades_per_s: float = 0.5, cache_hours: int = 64):
+        self.seed = seed
+        self.trades_per_s = trades_per_s
+        self._cache = collections.OrderedDict()     # (product, hour) -> [trade tuple]
+        self._cache_hours = cache_hours
+        self._lock = threading.Lock()
+
+    def _anchor(self, product: str, hour: int) -> float:
+        r = random.Random(f"fakecb-anchor:{self.seed}:{product}:{hour}")
+        base = math.log(HISTORY_BASE.get(product, 100.0))
+        return (base + 0.04 * math.sin(2 * math.pi * hour / 168) + 0.015 * math.sin(2 * math.pi * hour / 24)
+                + r.gauss(0.0, 0.004))
+
+    def _hour(self, product: str, hour: int) -> list:
+        key = (product, hour)
+        with self._lock:
+            got = self._cache.get(key)
+            if got is not None:
+                self._cache.move_to_end(key)
+                return got
+        rng = random.Random(f"fakecb-tape:{self.seed}:{product}:{hour}")
+        a, b = self._anchor(product, hour), self._anchor(product, hour + 1)
+        sigma = 0.00012                               # per sqrt(second): ~3.5% a day
+        walk, w = [], 0.0
+        for _ in range(3600):
+            w += rng.gauss(0.0, sigma)
+            walk.append(w)
+        drift = walk[-1] - (b - a)
+        base_size = math.log(200.0 / math.exp(a))     # median notional ~200 quote
+        lam = self.trades_per_s
+        out = []
+        t0 = hour * 3600
+        for k in range(3600):
+            mid = math.exp(a + walk[k] - (k + 1) / 3600 * drift)
+            spread = rng.choices((1, 2, 3, 5), (70, 15, 10, 5))[0]
+            n, t = 0, rng.expovariate(lam) if lam > 0 else 2.0
+            while t < 1.0 and n < 99:
+                n += 1
+                t += rng.expovariate(lam)
+            if not n:
+                continue
+            bid_ticks = int(math.floor(mid / 0.01 - spread / 2))
+            bid, ask = D(bid_ticks) * PRICE_TICK, D(bid_ticks + spread) * PRICE_TICK
+            micros = sorted(rng.randrange(1_000_000) for _ in range(n))
+            sec = t0 + k
+            for i, us in enumerate(micros):
+                taker_buy = rng.random() < 0.5
+                size = D(str(round(math.exp(rng.gauss(base_size, 1.2)), 8))).quantize(SIZE_QUANTUM)
+                size = max(size, SIZE_QUANTUM)
+                # (time in µs, trade id, price, size, maker side)
+                out.append((sec * 1_000_000 + us, sec * 100 + i, ask if taker_buy else bid, size,
+                            "SELL" if taker_buy else "BUY"))
+        with self._lock:
+            self._cache[key] = out
+            while len(self._cache) > self._cache_hours:
+                self._cache.popitem(last=False)
+        return out
+
+    def trades(self, product: str, start_s: int, end_s: int) -> list:
+        """Every trade with ``start_s <= time < end_s``, oldest first."""
+        out = []
+        lo, hi = start_s * 1_000_000, end_s * 1_000_000
+        for hour in range(start_s // 3600, (end_s - 1) // 3600 + 1):
+            out.extend(t for t in self._hour(product, hour) if lo <= t[0] < hi)
+        return out
+
+    @staticmethod
+    def _trade_json(product: str, t) -> dict:
+        return {"trade_id": str(t[1]), "product_id": product, "price": _s_fixed(t[2]), "size": _s_fixed(t[3]),
+                "time": _iso_us(t[0]), "side": t[4], "exchange": "coinbase"}
+
+    def market_trades(self, product: str, q: dict) -> dict:
+        """GET /market/products/{id}/ticker: the newest ``limit`` trades of [start, end), newest first
+        (``best_bid``/``best_ask``, the current touch, are the exchange's to add)."""
+        raw = (q.get("limit") or [None])[0]
+        if raw in (None, ""):
+            raise _bad("limit is required")
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise _bad(f"limit must be an integer, got {raw!r}") from None
+        if not 1 <= limit <= MAX_TRADES:
+            raise _bad(f"limit must be between 1 and {MAX_TRADES}")
+        end = _unix_arg(q, "end", False)
+        start = _unix_arg(q, "start", False)
+        end = int(time.time()) + 1 if end is None else end
+        if start is not None and start >= end:
+            raise _bad("start must be before end")
+        picked, hour_end = [], end
+        while len(picked) < limit:            # newest first, an hour at a time
+            lo = max(start if start is not None else end - 86400, (hour_end - 1) // 3600 * 3600)
+            if lo >= hour_end:
+                break
+            chunk = self.trades(product, lo, hour_end)
+            picked.extend(reversed(chunk))
+            hour_end = lo
+        return {"trades": [self._trade_json(product, t) for t in picked[:limit]]}
+
+    def candles(self, product: str, q: dict) -> dict:
+        """GET /market/products/{id}/candles: buckets starting in [start, end), newest first."""
+        gran = (q.get("granularity") or [""])[0]
+        g = GRANULARITY.get(gran)
+        if g is None:
+            raise _bad(f"granularity must be one of {', '.join(GRANULARITY)}, got {gran!r}")
+        start, end = _unix_arg(q, "start", True), _unix_arg(q, "end", True)
+        if start >= end:
+            raise _bad("start must be before end")
+        limit = MAX_CANDLES
+        raw = (q.get("limit") or [None])[0]
+        if raw not in (None, ""):
+            try:
+                limit = int(raw)
+            except ValueError:
+                raise _bad(f"limit must be an integer, got {raw!r}") from None
+            if not 1 <= limit <= MAX_CANDLES:
+                raise _bad(f"limit must be between 1 and {MAX_CANDLES}")
+        first = start - start % g
+        buckets = math.ceil((end - first) / g)
+        if buckets > limit:
+            raise _bad(f"start and end argument is invalid - number of candles requested should be "
+                       f"less than or equal to {limit}, got {buckets}")
+        agg: dict = {}
+        for t in self.trades(product, first, first + buckets * g):
+            b = t[0] // 1_000_000 // g * g
+            c = agg.get(b)
+            if c is None:
+                agg[b] = [t[2], t[2], t[2], t[2], t[3]]       # open, high, low, close, volume
+            else:
+                c[1] = max(c[1], t[2])
+                c[2] = min(c[2], t[2])
+                c[3] = t[2]
+                c[4] += t[3]
+        return {"candles": [{"start": str(b), "low": _s_fixed(c[2]), "high": _s_fixed(c[1]), "open": _s_fixed(c[0]),
+                             "close": _s_fixed(c[3]), "volume": _s_fixed(c[4])}
+                            for b, c in sorted(agg.items(), reverse=True)]}
+
+
+def _s_fixed(d: Decimal) -> str:
+    return format(d, "f")
+
+
+def _iso_us(us: int) -> str:
+    t = _dt.datetime.fromtimestamp(us // 1_000_000, _dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{us % 1_000_000:06d}Z"
+
+
+def public_product(product: str, bid: Decimal, ask: Decimal) -> dict:
+    """GET /market/products/{id}: the fields of Coinbase's product object a client reads."""
+    base, quote = product.split("-")
+    mid = (bid + ask) / 2
+    return {"product_id": product, "price": _s(mid), "price_percentage_change_24h": "0", "volume_24h": "0",
+            "volume_percentage_change_24h": "0", "base_increment": "0.00000001", "quote_increment": "0.01",
+            "quote_min_size": "1", "quote_max_size": "150000000", "base_min_size": "0.00000001",
+            "base_max_size": "3400", "base_name": base, "quote_name": quote, "watched": False,
+            "is_disabled": False, "new": False, "status": "online", "cancel_only": False, "limit_only": False,
+            "post_only": False, "trading_disabled": False, "auction_mode": False, "product_type": "SPOT",
+            "quote_currency_id": quote, "base_currency_id": base, "mid_market_price": _s(mid),
+            "price_increment": "0.01", "display_name": f"{base}/{quote}", "product_venue": "CBE",
+            "alias": "", "alias_to": []}
+
+
 # --- the exchange ----------------------------------------------------------------------------------
 
 class FakeExchange:
     """Orders, fills, balances and a synthetic market. Thread-safe: one lock around everything."""
 
     def __init__(self, products=None, *, balances=None, maker_fee_bps="40", taker_fee_bps="60",
-                 seed: int = 0, rate_limit_per_s: int = 0):
+                 seed: int = 0, rate_limit_per_s: int = 0, public_rate_limit_per_s: int = 0,
+                 trades_per_s: float = 0.5):
         self.lock = threading.RLock()
         self.market = {}
         for p in products or ("BTC-USD", "ETH-USD"):
@@ -140,33 +356,51 @@ class FakeExchange:
         self.listeners: list = []           # fn(order) called (under the lock) on every order change
         self.requests = collections.Counter()   # "METHOD /path-template" -> count
         self.user_id = str(uuid.UUID(int=random.Random(f"user-{seed}").getrandbits(128)))
-        self._faults: list = []             # [remaining, status, method, path_prefix]
+        self._faults: list = []             # [remaining, status, method, path_prefix, skip]
         self._nonces: dict = {}             # nonce -> exp (replay protection)
         self._rng = random.Random(seed)
         self._trade_ids = 0
         self.rate_limit_per_s = rate_limit_per_s
         self._window = collections.deque()
+        self.public_rate_limit_per_s = public_rate_limit_per_s
+        self._public_window = collections.deque()
+        self.history = PublicHistory(seed, trades_per_s)
 
     # --- keys, faults --------------------------------------------------------------------------
     def add_key(self, name: str, public_key) -> None:
         self.keys[name] = public_key
 
-    def fail_next(self, n: int = 1, status: int = 429, method: str = None, path: str = None) -> None:
-        """The next ``n`` matching private requests get HTTP ``status`` instead of an answer."""
+    def fail_next(self, n: int = 1, status: int = 429, method: str = None, path: str = None,
+                  skip: int = 0) -> None:
+        """After ``skip`` matching requests, the next ``n`` get HTTP ``status`` instead of an answer.
+        Without ``path`` only private requests match; a public one (``/market/...``) must be named."""
         with self.lock:
-            self._faults.append([n, status, method, path])
+            self._faults.append([n, status, method, path, skip])
 
-    def take_fault(self, method: str, path: str):
+    @staticmethod
+    def _over(window, limit: int) -> bool:
+        now = time.monotonic()
+        while window and now - window[0] > 1.0:
+            window.popleft()
+        if len(window) >= limit:
+            return True
+        window.append(now)
+        return False
+
+    def take_fault(self, method: str, path: str, public: bool = False):
         with self.lock:
-            if self.rate_limit_per_s:
-                now = time.monotonic()
-                while self._window and now - self._window[0] > 1.0:
-                    self._window.popleft()
-                if len(self._window) >= self.rate_limit_per_s:
+            if public:
+                if self.public_rate_limit_per_s and self._over(self._public_window, self.public_rate_limit_per_s):
                     return 429
-                self._window.append(now)
+            elif self.rate_limit_per_s and self._over(self._window, self.rate_limit_per_s):
+                return 429
             for f in self._faults:
+                if public and f[3] is None:
+                    continue
                 if f[0] > 0 and (f[2] is None or f[2] == method) and (f[3] is None or path.startswith(f[3])):
+                    if f[4] > 0:
+                        f[4] -= 1
+                        continue
                     f[0] -= 1
                     if f[0] == 0:
                         self._faults.remove(f)
@@ -554,12 +788,15 @@ class _Handler(BaseHTTPRequestHandler):
             except AuthError as e:
                 log.info("401 %s %s: %s", method, path, e)
                 return self._send(401, b"Unauthorized\n", "text/plain")
-            status = ex.take_fault(method, path)
-            if status is not None:
-                err = {429: ("RATE_LIMIT_EXCEEDED", "Too many requests")}.get(status, ("INTERNAL", "internal error"))
-                return self._send(status, _json({"error": err[0], "error_details": err[1], "message": err[1]}))
+        status = ex.take_fault(method, path, public)
+        if status is not None:
+            err = {429: ("RATE_LIMIT_EXCEEDED", "Too many requests"),
+                   400: ("INVALID_ARGUMENT", "injected fault")}.get(status, ("INTERNAL", "internal error"))
+            return self._send(status, _json({"error": err[0], "error_details": err[1], "message": err[1]}))
         try:
             status, out = self._dispatch(ex, method, path, q, body)
+        except RequestError as e:
+            status, out = e.status, e.body
         except Exception as e:  # noqa: BLE001 - a fake bug shows as a 500, with a log line
             log.exception("fake REST %s %s failed", method, path)
             status, out = 500, {"error": "INTERNAL", "message": str(e)}
@@ -570,6 +807,9 @@ class _Handler(BaseHTTPRequestHandler):
         p = path[len(API):] if path.startswith(API) else path
         if p.startswith("/orders/historical/") and p not in ("/orders/historical/batch", "/orders/historical/fills"):
             p = "/orders/historical/{id}"
+        elif p.startswith("/market/products/"):
+            parts = p.split("/")          # '', market, products, id[, candles|ticker]
+            p = "/market/products/{id}" + ("/" + parts[4] if len(parts) > 4 else "")
         return f"{method} {p}"
 
     def _dispatch(self, ex, method, path, q, body):
@@ -598,7 +838,29 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and p == "/time":
             now = time.time()
             return 200, {"iso": _iso(now), "epochSeconds": str(int(now)), "epochMillis": str(int(now * 1000))}
+        if method == "GET" and p.startswith("/market/products/"):
+            return self._public_market(ex, p.split("/")[3:], q)
         return nf
+
+    @staticmethod
+    def _public_market(ex, parts, q):
+        """/market/products/{id}[/candles|/ticker]: an unknown product is Coinbase's 404."""
+        product, what = parts[0], (parts[1] if len(parts) == 2 else None)
+        if len(parts) > 2 or what not in (None, "candles", "ticker"):
+            return 404, {"error": "NOT_FOUND", "error_details": "not found", "message": "not found"}
+        with ex.lock:
+            m = ex.market.get(product)
+            touch = (m["bid"], m["ask"]) if m is not None else None
+        if touch is None:
+            return 404, {"error": "NOT_FOUND", "error_details": "valid product_id is required",
+                         "message": "valid product_id is required"}
+        if what is None:
+            return 200, public_product(product, *touch)
+        if what == "candles":
+            return 200, ex.history.candles(product, q)
+        out = ex.history.market_trades(product, q)
+        out.update(best_bid=_s(touch[0]), best_ask=_s(touch[1]))
+        return 200, out
 
     def _control(self, ex, method, path, body):
         """Test control (no auth; 127.0.0.1 only): market, trade, fail, state."""
@@ -610,7 +872,7 @@ class _Handler(BaseHTTPRequestHandler):
                 ex.trade(body["product_id"], body["price"], body["size"])
             elif method == "POST" and path == "/_fake/fail":
                 ex.fail_next(int(body.get("count", 1)), int(body.get("status", 429)), body.get("method"),
-                             body.get("path"))
+                             body.get("path"), int(body.get("skip", 0)))
             elif not (method == "GET" and path == "/_fake/state"):
                 return self._send(404, _json({"error": "NOT_FOUND"}))
         except (KeyError, ValueError, InvalidOperation) as e:
@@ -726,12 +988,14 @@ def follow_market(exchange: FakeExchange, market, stop: threading.Event, interva
 
 
 def serve(host: str = "127.0.0.1", rest_port: int = 8443, user_port: int = 8766, products=("BTC-USD", "ETH-USD"),
-          *, seed: int = 0, directory: str = "var/fakecoinbase", rate_limit_per_s: int = 30, market=None) -> Served:
+          *, seed: int = 0, directory: str = "var/fakecoinbase", rate_limit_per_s: int = 30, market=None,
+          public_rate_limit_per_s: int = 10) -> Served:
     """Start the REST API and the user channel with a fresh API key (written to ``directory``).
     ``market``: a synthetic ``Market`` to follow (``python -m tools.fakecoinbase --rest`` passes
     the WebSocket fake's)."""
     from .user import UserChannelServer
-    ex = FakeExchange(list(products), seed=seed, rate_limit_per_s=rate_limit_per_s)
+    ex = FakeExchange(list(products), seed=seed, rate_limit_per_s=rate_limit_per_s,
+                      public_rate_limit_per_s=public_rate_limit_per_s)
     name, pem, pub = make_api_key()
     ex.add_key(name, pub)
     os.makedirs(directory, exist_ok=True)
@@ -765,13 +1029,15 @@ def main(argv=None) -> int:
     p.add_argument("--products", default="BTC-USD,ETH-USD")
     p.add_argument("--walk", type=float, default=0.0, help="random-walk the market every N seconds (0: off)")
     p.add_argument("--rate-limit", type=int, default=30, help="private requests per second before 429 (0: off)")
+    p.add_argument("--public-rate-limit", type=int, default=10,
+                   help="public (/market/) requests per second before 429, Coinbase's 10 (0: off)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s fakecoinbase: %(message)s")
     try:
         served = serve(a.host, a.port, a.user_port, a.products.split(","), seed=a.seed, directory=a.dir,
-                       rate_limit_per_s=a.rate_limit)
+                       rate_limit_per_s=a.rate_limit, public_rate_limit_per_s=a.public_rate_limit)
     except OSError as e:
         print(f"fakecoinbase.rest: {e}", file=sys.stderr)
         return 1
