@@ -85,8 +85,9 @@ class Node:
         self._own_ctx = context is None
         self.state = NodeState.STARTING
         self.counters = {"published": 0, "received": 0, "malformed": 0, "gaps": 0,
-                         "gap_events": 0, "restarts_seen": 0, "requests": 0, "request_errors": 0,
-                         "handler_errors": 0, "unhandled": 0}
+                         "gap_events": 0, "joined_late": 0, "restarts_seen": 0, "requests": 0,
+                         "request_errors": 0, "handler_errors": 0, "unhandled": 0,
+                         "out_requests": 0, "out_replies": 0, "out_timeouts": 0}
         self.bus_gaps: dict = {}        # publisher -> missing events
         self._handlers: dict = {}
         self._any_handler = None
@@ -105,6 +106,14 @@ class Node:
         self._lock_fds = []
         self.pub = self.sub = self.rep = None
         self._auth_holds = 0
+        self._dealers: dict = {}        # node -> DEALER socket of asynchronous requests (loop thread)
+        self._dealer_of: dict = {}      # socket -> node
+        self._pending: dict = {}        # msg_id -> (on_reply, on_timeout, node)
+        self._req_enc = None
+
+    # the node's clock (monotonic seconds): timers, timeouts and every age a node measures. The
+    # offline driver replaces it with the market clock, so a backtest runs on market time.
+    clock = staticmethod(time.monotonic)
 
     # --- registration ---------------------------------------------------------------------------
     def on(self, msg_type, fn):
@@ -121,11 +130,88 @@ class Node:
 
     def every(self, seconds: float, fn, first: float = None):
         """Run ``fn()`` in the loop thread every ``seconds`` (first after ``first`` seconds)."""
-        due = time.monotonic() + (seconds if first is None else first)
+        due = self.clock() + (seconds if first is None else first)
         heapq.heappush(self._timers, (due, next(self._timer_ids), seconds, fn))
 
     def after(self, seconds: float, fn):
-        heapq.heappush(self._timers, (time.monotonic() + seconds, next(self._timer_ids), 0, fn))
+        heapq.heappush(self._timers, (self.clock() + seconds, next(self._timer_ids), 0, fn))
+
+    def request(self, node: str, msg, on_reply, on_timeout=None, timeout_s: float = None) -> int:
+        """Send ``msg`` to ``node``'s request socket without waiting (loop thread only).
+
+        ``on_reply(reply)`` runs in the loop thread when the Reply with this request's ``msg_id``
+        arrives; ``on_timeout(reason)`` when none came within ``timeout_s`` (default
+        ``mesh.request_timeout_ms``), or at once when the request could not be sent (no connected
+        peer: the DEALER socket has IMMEDIATE set, so nothing is queued for a server that is not
+        there and delivered late). A reply after the timeout is dropped. Returns the msg_id."""
+        sock = self._dealers.get(node)
+        if sock is None:
+            sock = self._open_dealer(node)
+        mid = self._req_enc.next_id()
+        frame = self._req_enc.encode("req", msg, msg_id=mid)
+        self.counters["out_requests"] += 1
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.counters["out_timeouts"] += 1
+            why = f"{node} is not connected" if e.errno == zmq.EAGAIN else f"send to {node} failed: {e}"
+            if on_timeout is not None:
+                self.call_soon(on_timeout, why)
+            return mid
+        self._pending[mid] = (on_reply, on_timeout, node)
+        timeout_s = self.mesh.request_timeout_ms / 1000 if timeout_s is None else timeout_s
+        self.after(timeout_s, lambda: self._request_expired(mid, timeout_s))
+        return mid
+
+    def _open_dealer(self, node):
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 10000)
+        s.setsockopt(zmq.IMMEDIATE, 1)     # never queue for a server that is not connected
+        self._secure(s, server=False, server_node=node)
+        s.connect(self.mesh.endpoint(node, "rep"))
+        self._dealers[node] = s
+        self._dealer_of[s] = node
+        self._poller.register(s, zmq.POLLIN)
+        if self._req_enc is None:
+            self._req_enc = proto.Encoder(self.instance)
+        return s
+
+    def connect_requests(self, *nodes):
+        """Open the request sockets to ``nodes`` now (setup), so they are connected by the time the
+        first request goes out."""
+        for n in nodes:
+            if n not in self._dealers:
+                self._open_dealer(n)
+
+    def _request_expired(self, mid, timeout_s):
+        p = self._pending.pop(mid, None)
+        if p is None:
+            return
+        self.counters["out_timeouts"] += 1
+        if p[1] is not None:
+            p[1](f"no reply from {p[2]} within {timeout_s * 1000:.0f} ms")
+
+    def _drain_dealer(self, sock, budget: int = 500):
+        for _ in range(budget):
+            try:
+                raw = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                env = proto.decode(raw)
+            except DecodeError:
+                self.counters["malformed"] += 1
+                continue
+            p = self._pending.pop(env.msg_id, None)
+            if p is None or type(env.msg) is not Reply:
+                continue                # a reply after its timeout: dropped
+            self.counters["out_replies"] += 1
+            try:
+                p[0](env.msg)
+            except Exception:  # noqa: BLE001
+                self.counters["handler_errors"] += 1
+                self.log.exception("reply handler for a request to %s failed", p[2])
 
     def call_soon(self, fn, *args):
         """Thread-safe: run ``fn(*args)`` in the loop thread (e.g. from a feed thread)."""
@@ -145,6 +231,11 @@ class Node:
 
     def on_gap(self, source: str, topic: str, missing: int):
         """Called when a sequence gap is detected on (source, topic)."""
+
+    def on_joined_late(self, source: str, topic: str, missed: int):
+        """The first event seen on (source, topic) has sequence ``missed + 1``: the publisher sent
+        ``missed`` events before this subscriber was connected. Default: treated like a gap."""
+        self.on_gap(source, topic, missed)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _set_state(self, new):
@@ -317,9 +408,11 @@ class Node:
                 self._auth_holds += 1
 
     def _close(self):
-        for s in (self.sub, self.rep):
+        for s in list(self._dealers.values()) + [self.sub, self.rep]:
             if s is not None:
                 s.close(linger=0)
+        self._dealers.clear()
+        self._dealer_of.clear()
         if self.pub is not None:
             if self.mesh.transport == "inproc":
                 # release the name at once so a node restarted in this process can bind it; inproc
@@ -354,6 +447,8 @@ class Node:
                         os.read(wake, 4096)
                     except BlockingIOError:
                         pass
+                else:
+                    self._drain_dealer(sock)
             # only what was queued before this point: a source that keeps the queue full (a
             # full-speed replay) must not starve the timers (heartbeats, md.status) and sockets
             for _ in range(len(self._calls)):
@@ -368,7 +463,8 @@ class Node:
 
     def _run_timers(self) -> int:
         timers = self._timers
-        now = time.monotonic()
+        clock = self.clock
+        now = clock()
         while timers and timers[0][0] <= now:
             due, tid, interval, fn = heapq.heappop(timers)
             if interval:
@@ -378,7 +474,7 @@ class Node:
             except Exception:  # noqa: BLE001
                 self.counters["handler_errors"] += 1
                 self.log.exception("timer %s failed", getattr(fn, "__name__", fn))
-            now = time.monotonic()
+            now = clock()
         if not timers:
             return 1000
         return max(0, int((timers[0][0] - now) * 1000) + 1)
@@ -430,7 +526,17 @@ class Node:
     def _seq_anomaly(self, env, last):
         seq = env.seq
         if last is None:
-            return                              # first event seen from this publisher/topic
+            if seq > 1:
+                # joined late: the publisher's first seq-1 events on this topic went out before
+                # this subscriber was connected. Counted apart from gaps (they are expected at a
+                # start in any order) and passed to on_gap, so the store records them
+                self.counters["joined_late"] += seq - 1
+                try:
+                    self.on_joined_late(env.source, env.topic, seq - 1)
+                except Exception:  # noqa: BLE001
+                    self.counters["handler_errors"] += 1
+                    self.log.exception("on_gap failed")
+            return
         if seq <= last:
             self.counters["restarts_seen"] += 1
             self.log.info("publisher %s restarted (topic %s seq %d after %d)", env.source, env.topic, seq, last)

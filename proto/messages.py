@@ -515,6 +515,33 @@ class RiskBand(NamedTuple):
     band_low: Decimal
     band_high: Decimal
     method: str
+    width: Optional[Decimal] = None   # band half-width in price units, on the tick grid; None: not ready
+
+
+@message("RiskSnapshot")
+class RiskSnapshot(NamedTuple):
+    """Everything the pre-trade checks need from risk, published on every change and every
+    ``risk.publish_interval_s`` (``risk.snapshot``). Execution refuses orders once the latest one
+    is older than ``max_age_ms`` (measured on its own clock from receipt).
+
+    ``products`` maps each product to a plain map of strings: the limits (``max_position``,
+    ``max_exposure``, ``max_order_notional``, ``max_price_band_pct``, ``max_slippage_bps``: Decimal
+    strings), the volatility band (``band``: half-width in price units as a Decimal string, ""
+    while not ready; ``band_method``; ``band_why``) and feed health (``feed``: "" when healthy,
+    else the refusal code FEED_STALE / FEED_GAP; ``feed_reason``)."""
+    version: int               # +1 per snapshot published by this risk process
+    epoch_ns: int              # when this risk process started: a new epoch restarts versions
+    max_age_ms: int            # risk.state_max_age_ms
+    state: str                 # ACTIVE | REDUCING | HALTED
+    state_reason: str
+    killswitch: bool
+    ks_source: str
+    ks_reason: str
+    ks_since_ns: int
+    flatten_on_halt: bool
+    max_gross_exposure: Decimal
+    max_orders_per_s: int
+    products: dict
 
 
 # --- requests and replies -------------------------------------------------------------------------

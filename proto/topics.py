@@ -20,9 +20,10 @@ RAW = "raw."                # + VENUE -> RawFrame (only when marketdata.store_ra
 RISK = "risk."
 RISK_STATE = "risk.state"           # RiskState
 RISK_KILLSWITCH = "risk.killswitch"  # KillSwitch
-RISK_DECISION = "risk.decision"     # RiskDecision (every decision, approvals and denials)
-RISK_EXPOSURE = "risk.exposure"     # RiskExposure
+RISK_DECISION = "risk.decision"     # RiskDecision (publisher: execution, which runs the checks)
+RISK_EXPOSURE = "risk.exposure"     # RiskExposure (publisher: execution, which owns positions)
 RISK_BAND = "risk.band."            # + PRODUCT -> RiskBand
+RISK_SNAPSHOT = "risk.snapshot"     # RiskSnapshot (on change and every publish_interval_s)
 
 # orders (publisher: execution)
 ORDER = "order."

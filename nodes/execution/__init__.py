@@ -1,27 +1,34 @@
-"""The execution node: orders through the risk gate to the paper venue or to Coinbase.
+"""The execution node: the one owner of positions, working orders and in-flight orders; every
+order passes the pre-trade checks here, in-process, then goes to the paper venue or to Coinbase.
 
 Request API (its ROUTER socket): ``OrderIntent`` (submit), ``CancelOrder``, ``CancelAll``,
-``Query("orders"|"order"|"positions"|"pnl")``; every answer is ``Reply(ok, code, reason, data)``.
+``Query("orders"|"order"|"positions"|"pnl"|"pretrade")``; every answer is ``Reply(ok, code, reason, data)``.
 
 A submit, in order: idempotency by ``client_order_id`` (given, or derived from the intent) ->
-journal the intent (NEW) and publish ``order.new`` -> ask risk (deadline ``risk_timeout_ms``; no
-answer, an error or a risk-side failure => REJECTED ``RISK_UNAVAILABLE``, nothing sent: fail
-closed) -> journal "sent" and fsync -> the venue. Venue events (accepted, fills, cancels) go
-through the state machine in ``orders.py``; each change is journaled, then published (``Fill``
-on ``fill.P``, the whole ``Order`` on ``order.<status>``, ``Position`` on ``position.P``, ``PnL``
-on ``pnl``; positions and PnL also every ``pnl_interval_s``). ``risk.killswitch`` engaged cancels
-every working order. On start the journal rebuilds orders and positions (paper: resting orders go
-back on the paper book; Coinbase: the venue reconciles open orders and fills).
+journal the intent (NEW) and publish ``order.new`` -> the pre-trade checks (``pretrade.PreTrade``:
+the risk node's check functions over this node's exact book and the latest ``risk.snapshot``; no
+state, a stale one, or risk known down => REJECTED ``RISK_UNAVAILABLE`` naming why, nothing sent:
+fail closed) -> ``risk.decision`` -> journal "sent" and fsync -> the venue. Nothing here waits on
+another node. Venue events (accepted, fills, cancels) go through the state machine in
+``orders.py``; each change is journaled, then published (``Fill`` on ``fill.P``, the whole ``Order``
+on ``order.<status>``, ``Position`` on ``position.P``, ``PnL`` on ``pnl``, ``RiskExposure`` on
+``risk.exposure``; positions and PnL also every ``pnl_interval_s``). An engaged kill switch cancels
+every working order; with ``risk.flatten_on_halt`` a HALTED state sends reduce-only market exits
+for every position (again every ``FLATTEN_RETRY_S`` until flat). On start the journal rebuilds
+orders and positions (paper: resting orders go back on the paper book; Coinbase: the venue
+reconciles open orders and fills).
 """
+import collections
 import random
 import time
+from decimal import ROUND_DOWN, Decimal
 
 import zmq
 
-from nodes.client import RequestClient, RequestTimeout
 from nodes.runtime import Node, NodeStartError
-from proto import (Book, CancelAll, CancelOrder, Code, Fill, KillSwitch, OrderIntent, Reply,
-                   RiskDecision, RiskState, Tick, Trade, topics)
+from proto import (Book, CancelAll, CancelOrder, Code, Fill, Heartbeat, KillSwitch, OrderIntent,
+                   ProcessEvent, Query, Reply, RiskBand, RiskExposure, RiskSnapshot, RiskState, Tick, Trade,
+                   topics)
 
 from . import orders as O
 from .config import ExecutionConfig, check_live
@@ -30,17 +37,21 @@ from .orders import (Accepted, Cancelled, Completed, Filled, OrderState, Rejecte
                      derive_client_order_id, same_intent, validate_intent)
 from .paper import PaperVenue
 from .positions import PositionBook, mid
+from .pretrade import BadSnapshot, PreTrade
 
 __all__ = ["ExecutionNode", "ExecutionConfig"]
 
-_RISK_PLUMBING = {Code.HANDLER_ERROR, Code.BAD_REQUEST, Code.UNKNOWN_REQUEST, Code.TIMEOUT, ""}
+FLATTEN_RETRY_S = 5.0
+ZERO_D = Decimal(0)
 
 
 class ExecutionNode(Node):
     """Execution: the risk-gated, journaled order router (paper or Coinbase venue)."""
 
     name = "execution"
-    subscriptions = (topics.MD, topics.RISK_KILLSWITCH, topics.RISK_STATE)
+    subscriptions = (topics.MD_TICK, topics.MD_BOOK, topics.MD_TRADE, topics.RISK_SNAPSHOT,
+                     topics.RISK_BAND, topics.RISK_KILLSWITCH, topics.RISK_STATE,
+                     topics.heartbeat("risk"), topics.NODE_PROCESS)
 
     def __init__(self, mesh, conf=None, *, context=None, secrets=None, instance=None):
         super().__init__(mesh, conf if conf is not None else ExecutionConfig(), context=context,
@@ -52,28 +63,42 @@ class ExecutionNode(Node):
         self.by_venue_id: dict = {}          # venue order id -> coid
         self.fill_ids: set = set()
         self.book = PositionBook(c.starting_equity)
+        self.working: dict = {}              # coid -> OrderState, working orders only
+        self.strategy_pos: dict = {}         # strategy -> {product: signed qty}, from fills
+        self.recent_fills = collections.deque(maxlen=512)   # fill ids, for a strategy's restore
+        self.pretrade = PreTrade(mesh, self.book, self.working, clock=lambda: self.clock(),
+                                 heartbeat_timeout_s=3 * mesh.heartbeat_s)
         self.venue = None
-        self.risk = None
         self.killswitch = False
         self.risk_state = ""
+        self._ready_why = None               # last readiness verdict ("" = ready)
+        self._flatten_n = 0
+        self._flatten_sent = {}              # product -> clock time of the last exit sent
+        self._exposure_key = None
         self._out: list = []                 # (topic, msg, ts) waiting for the journal sync
         self._dirty: set = set()             # products whose Position changed
         self._cancel_why: dict = {}          # coid -> (code, reason) of a requested cancel
         self._jitter = random.Random(c.paper_seed)
         self.c = dict.fromkeys(("submits", "accepted", "rejected", "risk_denied", "risk_unavailable",
-                                "risk_timeouts", "fills", "cancelled", "duplicates", "invalid",
+                                "risk_snapshots", "risk_snapshots_bad", "flatten_orders",
+                                "fills", "cancelled", "duplicates", "invalid",
                                 "venue_unknown_events", "foreign_updates", "late_fills"), 0)
         self.on(Tick, self._on_tick)
         self.on(Book, self._on_book)
         self.on(Trade, self._on_trade)
         self.on(KillSwitch, self._on_killswitch)
         self.on(RiskState, self._on_risk_state)
+        self.on(RiskSnapshot, self._on_snapshot)
+        self.on(RiskBand, lambda env: self.pretrade.view.apply_band(env.msg))
+        self.on(Heartbeat, self._on_risk_heartbeat)
+        self.on(ProcessEvent, self._on_process)
         self.serve(OrderIntent, self._on_submit)
         self.serve(CancelOrder, self._on_cancel)
         self.serve(CancelAll, self._on_cancel_all)
         self.queries.update(orders=self._q_orders, order=self._q_order, positions=self._q_positions,
-                            pnl=self._q_pnl)
+                            pnl=self._q_pnl, pretrade=self._q_pretrade)
         self.every(c.pnl_interval_s, self._periodic)
+        self.every(0.25, self._watch_risk)
         self._pub_interval_ns = max(1, int(c.pnl_interval_s * 1e9))
         self._next_market_pub = 0
         self._last_market_pub = 0.0
@@ -93,11 +118,16 @@ class ExecutionNode(Node):
         for o in self.orders.values():
             if o.venue_order_id:
                 self.by_venue_id[o.venue_order_id] = o.client_order_id
+            if o.working:
+                self.working[o.client_order_id] = o
         if rb.book is not None:
             self.book.restore(rb.book)
         for f, ts in rb.fills:
             self.fill_ids.add(f.fill_id)
             self.book.apply_fill(f, ts)
+            o = self.orders.get(f.client_order_id)
+            if o is not None:
+                self._strategy_fill(o.strategy, f)
         if rb.day is not None and rb.day[0] >= (self.book.day or ""):
             self.book.restore_day(*rb.day)
         self._roll(time.time_ns())
@@ -106,8 +136,9 @@ class ExecutionNode(Node):
         working = [o for o in self.orders.values() if o.working]
         self.log.info("journal %s: %d records, %d orders (%d working), %d fills", self.journal.path,
                       len(records), len(self.orders), len(working), len(rb.fills))
-        self.risk = RequestClient.for_node(self.mesh, "risk", timeout_ms=c.risk_timeout_ms,
-                                           source=self.instance, context=self._ctx)
+        # ask risk for its state at once instead of waiting for the next periodic snapshot; the
+        # reply arrives in this loop like any event (nothing waits for it)
+        self.request("risk", Query("snapshot"), self._on_snapshot_reply, lambda why: None)
         if c.venue == "paper":
             # the venue's ids come from a seeded generator: after a restart, continue from a seed the
             # journal fixes, so no id (and no fill id) of an order already journaled is issued again
@@ -126,7 +157,7 @@ class ExecutionNode(Node):
             if o.status != O.NEW:
                 continue
             if not o.sent:
-                self._reject(o, Code.RISK_UNAVAILABLE, "node restarted before risk answered; nothing was sent", now)
+                self._reject(o, Code.RISK_UNAVAILABLE, "node restarted before the order was checked; nothing was sent", now)
             elif c.venue == "paper":
                 self._reject(o, Code.VENUE_UNAVAILABLE,
                              "node restarted before the paper venue acknowledged the order", now)
@@ -153,13 +184,17 @@ class ExecutionNode(Node):
     def teardown(self):
         if self.venue is not None and hasattr(self.venue, "stop"):
             self.venue.stop()
-        if self.risk is not None:
-            self.risk.close()
         self.journal.close()
 
     def extra_counters(self) -> dict:
         out = {f"exec.{k}": v for k, v in self.c.items()}
-        out["exec.working_orders"] = sum(1 for o in self.orders.values() if o.working)
+        out["exec.working_orders"] = len(self.working)
+        out["exec.ready"] = int(not self.pretrade.ready())
+        age = self.pretrade.view.age_ms(self.clock())
+        if age is not None:
+            out["risk_state_age_ms"] = age
+        for k, v in self.pretrade.counters.items():
+            out[f"exec.pretrade.{k}"] = v
         out["exec.journal_records"] = self.journal.records
         if self.venue is not None:
             out["exec.venue_submits"] = getattr(self.venue, "submitted", 0)
@@ -170,6 +205,9 @@ class ExecutionNode(Node):
     # --- market data and risk events --------------------------------------------------------------
     def _on_tick(self, env):
         m = env.msg
+        q = self.pretrade.quotes.get(m.product)
+        if q is not None:
+            q.on_tick(m)
         if m.bid > 0 and m.ask > 0:
             self._mark(m.product, mid(m.bid, m.ask), env.ts_recv)
         if self.conf.venue == "paper":
@@ -178,6 +216,9 @@ class ExecutionNode(Node):
 
     def _on_book(self, env):
         m = env.msg
+        q = self.pretrade.quotes.get(m.product)
+        if q is not None:
+            q.on_book(m)
         if m.bids and m.asks:
             self._mark(m.product, mid(m.bids[0][0], m.asks[0][0]), env.ts_recv)
         if self.conf.venue == "paper":
@@ -210,14 +251,18 @@ class ExecutionNode(Node):
 
     def _on_killswitch(self, env):
         m = env.msg
-        was, self.killswitch = self.killswitch, m.engaged
-        if m.engaged:
-            working = [o for o in self.orders.values() if o.working]
+        self._killswitch(m.engaged, m.source, m.reason)
+
+    def _killswitch(self, engaged, source, reason):
+        was, self.killswitch = self.killswitch, engaged
+        if engaged:
+            working = list(self.working.values())
             if working or not was:
                 self.log.warning("kill switch engaged (%s: %s): cancelling %d working orders",
-                                 m.source, m.reason, len(working))
+                                 source, reason, len(working))
             for o in working:
-                self._request_cancel(o, Code.KILL_SWITCH, f"kill switch engaged: {m.reason}")
+                if o.strategy != "risk.flatten":
+                    self._request_cancel(o, Code.KILL_SWITCH, f"kill switch engaged: {reason}")
             self._commit()
         elif was:
             self.log.info("kill switch released")
@@ -228,9 +273,101 @@ class ExecutionNode(Node):
             self.log.info("risk state %s -> %s (%s)", self.risk_state or "?", m.state, m.reason)
             self.risk_state = m.state
 
+    def _on_snapshot(self, env):
+        self._take_snapshot(env.msg)
+
+    def _on_snapshot_reply(self, reply):
+        if reply.ok and type(reply.data) is RiskSnapshot:
+            self._take_snapshot(reply.data)
+
+    def _take_snapshot(self, snap):
+        v = self.pretrade.view
+        try:
+            if not v.apply(snap, self.clock()):
+                return
+        except BadSnapshot as e:
+            self.c["risk_snapshots_bad"] += 1
+            self.log.error("risk snapshot v%d dropped: %s", snap.version, e)
+            return
+        self.c["risk_snapshots"] += 1
+        if snap.killswitch != self.killswitch:
+            self._killswitch(snap.killswitch, snap.ks_source, snap.ks_reason)
+        if snap.state != self.risk_state:
+            self.log.info("risk state %s -> %s (%s)", self.risk_state or "?", snap.state, snap.state_reason)
+            self.risk_state = snap.state
+        if snap.state == "HALTED" and snap.flatten_on_halt:
+            self._flatten()
+        self._publish_exposure()
+        self._check_ready()
+
+    def _on_risk_heartbeat(self, env):
+        if env.msg.node == "risk":
+            self.pretrade.view.on_heartbeat(env.msg, self.clock())
+            self._check_ready()
+
+    def _on_process(self, env):
+        ev = env.msg
+        if ev.program == "risk" and ev.state in ("EXITED", "FATAL", "STOPPED", "BACKOFF"):
+            self.pretrade.view.mark_down(f"supervisord reports {ev.group}:{ev.program} {ev.state} (pid {ev.pid})")
+            self._check_ready()
+
+    def _watch_risk(self):
+        """Every 0.25 s: readiness (risk state age) and, while HALTED with flatten_on_halt, exits
+        for positions still open."""
+        self._check_ready()
+        v = self.pretrade.view
+        if v.snap is not None and v.snap.state == "HALTED" and v.snap.flatten_on_halt:
+            self._flatten(retry=True)
+
+    def _check_ready(self):
+        why = self.pretrade.ready()
+        if why != self._ready_why:
+            if why:
+                self.log.warning("not ready: %s", why) if self._ready_why == "" else self.log.info("not ready yet: %s", why)
+            else:
+                self.log.info("ready: risk state v%d and market data for %s",
+                              self.pretrade.view.snap.version, ", ".join(self.mesh.products))
+            self._ready_why = why
+            if self.pub is not None:
+                self._heartbeat()           # strategies wait for exec.ready: tell them now
+
+    def _flatten(self, retry: bool = False):
+        """Reduce-only market exits for open positions not covered by working exits: on entering
+        HALTED every position; on the timer (``retry``) those whose last exit is older than
+        FLATTEN_RETRY_S. Each passes the same checks (an exit is allowed while halted)."""
+        now = self.clock()
+        for p, pos in sorted(self.book.positions.items()):
+            q = pos.qty
+            spec = self.mesh.spec(p)
+            if not q or spec is None:
+                continue
+            side = "SELL" if q > 0 else "BUY"
+            covering = sum((o.remaining or 0) for o in self.working.values()
+                           if o.product == p and o.side == side and o.reduce_only)
+            if covering >= abs(q):
+                continue
+            last = self._flatten_sent.get(p)
+            if last is not None and now - last < (FLATTEN_RETRY_S if retry else 0.5):
+                continue
+            size = (abs(q) - covering).quantize(spec.base_increment, rounding=ROUND_DOWN)
+            if size < spec.base_min_size:
+                continue
+            self._flatten_sent[p] = now
+            self._flatten_n += 1
+            self.c["flatten_orders"] += 1
+            intent = OrderIntent(p, side, "MARKET", size=size, tif="IOC", reduce_only=True,
+                                 client_order_id=f"flatten-{p}-{self.pretrade.view.snap.epoch_ns}-{self._flatten_n}",
+                                 strategy="risk.flatten")
+            self.log.warning("flatten on halt: %s %s %s", side, size, p)
+            r = self._submit(intent)
+            if not r.ok:
+                self.log.error("flatten %s %s %s refused: %s %s", side, size, p, r.code, r.reason)
+
     # --- requests -------------------------------------------------------------------------------
     def _on_submit(self, env):
-        intent = env.msg
+        return self._submit(env.msg)
+
+    def _submit(self, intent) -> Reply:
         now = time.time_ns()
         coid = intent.client_order_id or derive_client_order_id(intent)
         if coid != intent.client_order_id:
@@ -252,21 +389,21 @@ class ExecutionNode(Node):
         bad = validate_intent(intent, self.mesh.spec(intent.product)) or self._reduce_only_violation(intent)
         if bad is not None:
             self.c["invalid"] += 1
-            self._reject(o, bad[0], bad[1], now)           # nothing asked, nothing sent
+            self._reject(o, bad[0], bad[1], now)           # nothing checked, nothing sent
             self._commit()
             return self._reply(o)
-        # order.new goes out now; its record is fsync'd with the "sent" one below (if power fails
-        # before that, the order never left the node: nothing to remember)
-        self._commit(sync=False)
-        ok, code, reason = self._ask_risk(intent)
-        now = time.time_ns()
-        if not ok:
-            self.c["risk_unavailable" if code == Code.RISK_UNAVAILABLE else "risk_denied"] += 1
-            self._reject(o, code, reason, now)
+        dec, size = self.pretrade.decide(intent)
+        self._emit(topics.RISK_DECISION, dec, now)
+        if not dec.approved:
+            self.c["risk_unavailable" if dec.code == Code.RISK_UNAVAILABLE else "risk_denied"] += 1
+            self._reject(o, dec.code, dec.reason, now)
             self._commit()
             return self._reply(o)
+        if intent.size is None:
+            o.est_size = size
         o.sent = True
         o.updated_ns = now
+        self.working[coid] = o                           # counted from now on, by the next check
         self.journal.order(o, now)
         self.journal.sync()                              # durable BEFORE it leaves the node
         self._to_venue(o, now)
@@ -286,27 +423,6 @@ class ExecutionNode(Node):
         if intent.size is not None and intent.size > abs(q):
             return Code.REDUCE_ONLY, f"reduce-only size {intent.size} exceeds the position {abs(q)}"
         return None
-
-    def _ask_risk(self, intent):
-        """(approved, code, reason). Anything but a clear answer from risk is RISK_UNAVAILABLE."""
-        ms = self.conf.risk_timeout_ms
-        try:
-            r = self.risk.request(intent)
-        except RequestTimeout:
-            self.c["risk_timeouts"] += 1
-            return False, Code.RISK_UNAVAILABLE, f"risk did not answer within {ms} ms"
-        except Exception as e:  # noqa: BLE001 - zmq or encoding trouble: fail closed
-            self.risk.close()
-            return False, Code.RISK_UNAVAILABLE, f"risk request failed: {type(e).__name__}: {e}"
-        decision = r.data if type(r.data) is RiskDecision else None
-        if r.ok:
-            if decision is not None and (not decision.approved
-                                         or decision.client_order_id not in ("", intent.client_order_id)):
-                return False, Code.RISK_UNAVAILABLE, "risk reply inconsistent with its decision; failing closed"
-            return True, Code.OK, r.reason
-        if r.code in _RISK_PLUMBING:
-            return False, Code.RISK_UNAVAILABLE, f"risk could not decide ({r.code}: {r.reason})"
-        return False, r.code, r.reason
 
     def _to_venue(self, o, now):
         if self.conf.venue != "paper":
@@ -383,13 +499,32 @@ class ExecutionNode(Node):
             return Reply(False, Code.UNKNOWN_ORDER, f"no order {arg!r}")
         return o.to_proto()
 
+    def _strategy_fill(self, strategy, f):
+        pos = self.strategy_pos.setdefault(strategy or "", {})
+        pos[f.product] = pos.get(f.product, ZERO_D) + (f.size if f.side == "BUY" else -f.size)
+
     def _q_positions(self, arg):
+        if arg == "strategies":
+            # each strategy's share of the positions (its orders' fills), and the latest fill ids:
+            # a restarting strategy starts from this and applies only fills not in it
+            return {"strategies": {k: dict(v) for k, v in self.strategy_pos.items()},
+                    "recent_fills": list(self.recent_fills)}
         if arg:
             return [self.book.position(arg)]
         return self.book.snapshot()
 
     def _q_pnl(self, arg):
         return self.book.pnl()
+
+    def _q_pretrade(self, arg):
+        """The pre-trade gate's inputs as this node sees them: risk state version and age,
+        readiness, and the counters of its decisions."""
+        v, now = self.pretrade.view, self.clock()
+        return {"ready": not self.pretrade.ready(), "why_not": self.pretrade.ready(),
+                "risk_state_version": None if v.snap is None else v.snap.version,
+                "risk_state_age_ms": v.age_ms(now), "risk_state": None if v.snap is None else v.snap.state,
+                "killswitch": None if v.snap is None else v.snap.killswitch, "risk_down": v.down,
+                "working_orders": len(self.working), "counters": dict(self.pretrade.counters)}
 
     # --- venue events -> state machine -> journal -> publish ---------------------------------------
     def _on_venue_events(self, events):
@@ -474,6 +609,8 @@ class ExecutionNode(Node):
         if o.working:
             dst = O.FILLED if ev.done or (o.size is not None and o.filled_size >= o.size) else O.PARTIALLY_FILLED
             order = o.transition(dst, ts)
+            if dst == O.FILLED:
+                self.working.pop(o.client_order_id, None)
         else:   # the venue executed after we saw the order end: money is money, book it anyway
             self.c["late_fills"] += 1
             self.log.error("fill %s for %s order %s booked without a state change", ev.fill_id, o.status,
@@ -482,6 +619,8 @@ class ExecutionNode(Node):
         self.c["fills"] += 1
         self._roll(ts)
         self.book.apply_fill(fill, ts)
+        self._strategy_fill(o.strategy, fill)
+        self.recent_fills.append(fill.fill_id)
         self.journal.fill(o, fill, ts)
         self._emit(topics.fill(o.product), fill, ts)
         self._emit(topics.ORDER_STATUS_TOPIC[order.status], order, ts)
@@ -495,6 +634,8 @@ class ExecutionNode(Node):
 
     def _transition(self, o, dst, ts, code=None, reason=None):
         order = o.transition(dst, ts, code, reason)
+        if dst in O.TERMINAL:
+            self.working.pop(o.client_order_id, None)
         self.journal.order(o, ts)
         self._emit(topics.ORDER_STATUS_TOPIC[dst], order, ts)
 
@@ -518,6 +659,31 @@ class ExecutionNode(Node):
                 self._publish_safe(topics.position(p), self.book.position(p), 0)
             self._dirty.clear()
             self._publish_safe(topics.PNL, self.book.pnl(), 0)
+        self._publish_exposure(force=pnl)
+
+    def _publish_exposure(self, force: bool = False):
+        """``risk.exposure``: positions and the worst case of working orders, valued at mid; on
+        change (and with every periodic PnL)."""
+        b = self.pretrade.book
+        view = self.pretrade.view
+        state = view.snap.state if view.snap is not None else ""
+        positions, exposures = {}, {}
+        gross = net = ZERO_D
+        for p in sorted(b.products() | set(self.mesh.products)):
+            q = b.qty(p)
+            positions[p] = q
+            mk = self.pretrade.mark(p)
+            e = b.worst_abs(p) * mk if mk is not None else ZERO_D
+            exposures[p] = e
+            gross += e
+            if mk is not None:
+                net += q * mk
+        key = (tuple(positions.items()), tuple(exposures.items()), state, self.killswitch)
+        if not force and key == self._exposure_key:
+            return
+        self._exposure_key = key
+        self._publish_safe(topics.RISK_EXPOSURE, RiskExposure(gross, net, positions, exposures, state,
+                                                              self.killswitch), 0)
 
     def _publish_safe(self, topic, msg, ts):
         try:

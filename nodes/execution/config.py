@@ -11,7 +11,6 @@ VENUES = ("paper", "coinbase")
 class ExecutionConfig:
     venue: str = "paper"                     # "paper" (default, dry run) | "coinbase" (live)
     live_trading: bool = False               # live switch #1; #2 is the secret TICKMESH_LIVE=yes
-    risk_timeout_ms: int = 50                # deadline of the pre-trade risk check (fail closed)
     journal: str = ""                        # "" -> <state_dir>/execution/<venue>.journal
     journal_fsync: bool = True               # fsync the journal before anything leaves the node
     journal_compact_records: int = 200_000   # at start, rewrite a journal longer than this (0: never)
@@ -40,8 +39,6 @@ class ExecutionConfig:
     def __post_init__(self):
         if self.venue not in VENUES:
             raise ConfigError(f"execution.venue: must be one of {', '.join(VENUES)}, got {self.venue!r}")
-        if not 1 <= self.risk_timeout_ms <= 60_000:
-            raise ConfigError(f"execution.risk_timeout_ms: must be 1..60000, got {self.risk_timeout_ms}")
         for key in ("slippage_bps", "maker_fee_bps", "taker_fee_bps"):
             v = getattr(self, key)
             if not (Decimal(0) <= v <= Decimal(1000)):

@@ -130,6 +130,7 @@ class OrderState:
     updated_ns: int = 0
     sent: bool = False                # handed to the venue (journaled before the send)
     cancel_requested: bool = False
+    est_size: Optional[Decimal] = None  # a quote-sized order's base size as estimated at the check
 
     @classmethod
     def from_intent(cls, intent: OrderIntent, venue: str, now_ns: int) -> "OrderState":
@@ -183,7 +184,7 @@ class OrderState:
 
     # journal form: plain JSON, money as exact strings
     _DEC = ("size", "quote_size", "limit_price", "filled_size", "filled_value", "avg_price", "fees",
-            "last_fill_size", "last_fill_price")
+            "last_fill_size", "last_fill_price", "est_size")
 
     def to_plain(self) -> dict:
         d = {k: getattr(self, k) for k in _FIELDS}        # flat: no deep copy (asdict is slow)

@@ -1,24 +1,22 @@
-"""The risk node: the pre-trade gate every order passes, volatility bands, trading states and a
-kill switch that survives restarts.
+"""The risk node: owns the risk state (volatility bands, feed verdicts, trading state, limits and a
+kill switch that survives restarts) and publishes it; execution checks every order against it.
 
-Subscribes: ``md.tick.``, ``md.book.``, ``md.status.``, ``md.gap``, ``md.stale`` (not ``md.trade.``),
-``order.``, ``fill.``, ``position.``, ``pnl``, ``node.heartbeat.execution``, ``node.process``.
-Serves: ``OrderIntent`` -> ``Reply(ok=approved, code, reason, data=RiskDecision)``;
-``KillSwitchCmd`` (engage | release | status | reduce | resume) -> ``Reply(data=KillSwitch)``;
-``Query("risk")`` -> the full state (trading state, kill switch, positions, exposures, bands, ...).
-Publishes: ``risk.decision`` (every decision, right after its reply), ``risk.state`` (on change, with the reason),
-``risk.killswitch`` (on change, at start, and when execution's heartbeat (re)appears),
-``risk.exposure`` and ``risk.band.<P>`` (on change and at least every ``publish_interval_s``).
+Subscribes: ``md.tick.``, ``md.status.``, ``md.gap``, ``md.stale`` (not ``md.trade.`` nor ``md.book.``),
+``order.rejected`` (venue-reject rate), ``pnl`` (daily loss, drawdown), ``node.heartbeat.execution``,
+``node.process``.
+Serves (ctl and queries only; it is not on the per-order path): ``KillSwitchCmd`` (engage | release |
+status | reduce | resume) -> ``Reply(data=KillSwitch)``; ``Query("risk")`` -> the full state;
+``Query("snapshot")`` -> the current ``RiskSnapshot``; ``Query("bands")``.
+Publishes: ``risk.snapshot`` (on every change of what a check reads, and every ``publish_interval_s``),
+``risk.state`` (on change, with the reason), ``risk.killswitch`` (on change, at start, and when
+execution's heartbeat (re)appears), ``risk.band.<P>`` (on change, rate-limited, and periodically).
 
 The logic lives in ``engine.RiskEngine`` (no sockets); this class binds it to the runtime.
 """
-import queue
-import threading
 import time
 
-from proto import (Book, FeedGap, FeedStale, FeedStatus, Fill, Heartbeat, KillSwitchCmd, Order,
-                   OrderIntent, PnL, Position, ProcessEvent, Reply, Tick, jsonl, topics)
-from nodes.client import RequestClient, RequestError
+from proto import (FeedGap, FeedStale, FeedStatus, Heartbeat, KillSwitchCmd, Order, PnL, ProcessEvent,
+                   Tick, jsonl, topics)
 from nodes.runtime import Node
 
 from . import kernels
@@ -31,67 +29,41 @@ TIMER_S = 0.25
 
 
 class RiskNode(Node):
-    """Risk node: pre-trade checks, volatility bands, trading states and the kill switch."""
+    """Risk node: volatility bands, feed verdicts, trading states, limits and the kill switch."""
 
     name = "risk"
-    # the market-data topics it handles (not md.trade: the busiest topic, which risk does not use)
-    subscriptions = (topics.MD_TICK, topics.MD_BOOK, topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE,
-                     topics.ORDER, topics.FILL, topics.POSITION, topics.PNL,
-                     topics.heartbeat("execution"), topics.NODE_PROCESS)
+    # the market-data topics it handles (not md.trade nor md.book: the busiest, which risk does not use)
+    subscriptions = (topics.MD_TICK, topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE,
+                     topics.ORDER_REJECTED, topics.PNL, topics.heartbeat("execution"), topics.NODE_PROCESS)
 
     def __init__(self, mesh, conf=None, **kw):
         super().__init__(mesh, conf if conf is not None else RiskConfig(), **kw)
         self.engine = RiskEngine(self.conf, mesh, emit=self._emit, log_=self.log,
-                                 flatten=self._queue_flatten)
+                                 clock=lambda: self.clock())
         e = self.engine
         self.on(Tick, e.on_tick)
-        self.on(Book, e.on_book)
         self.on(FeedStatus, e.on_status)
         self.on(FeedGap, e.on_feed_gap)
         self.on(FeedStale, e.on_feed_stale)
-        self.on(Position, e.on_position)
         self.on(PnL, e.on_pnl)
         self.on(Order, e.on_order)
-        self.on(Fill, e.on_fill)
         self.on(Heartbeat, e.on_heartbeat)
         self.on(ProcessEvent, e.on_process)
-        self.serve(OrderIntent, self._serve_intent)
         self.serve(KillSwitchCmd, lambda env: e.command(env.msg))
         self.queries["risk"] = lambda arg: e.query()
+        self.queries["snapshot"] = lambda arg: e.snapshot()
+        self.queries["bands"] = lambda arg: {p: e.band_record(m) for p, m in e.markets.items()
+                                             if not arg or p == arg}
         self.every(TIMER_S, e.on_timer)
-        self._flat_q = queue.Queue()
-        self._flat_stop = threading.Event()
-        self._flat_thread = None
         self.warm_ms = 0.0
         self.dropped_emits = 0
-        self._deferred = None         # events of a pre-trade check, published after its reply
 
     # --- plumbing -------------------------------------------------------------------------------
     def _emit(self, topic, msg):
         if self.pub is None:          # not started (unit use) or already closed
             self.dropped_emits += 1
             return
-        if self._deferred is not None:
-            self._deferred.append((topic, msg))
-            return
         self.publish(topic, msg)
-
-    def _serve_intent(self, env):
-        # the decision's events (risk.decision, risk.exposure) go out right after the reply, in
-        # this loop thread before anything else is handled: the answer execution waits for is
-        # not held up by publishing them (each send can cost a wake-up of the I/O thread)
-        self._deferred = []
-        try:
-            dec = self.engine.decide(env.msg)
-        finally:
-            out, self._deferred = self._deferred, None
-        if out:
-            self.call_soon(self._publish_deferred, out)
-        return Reply(dec.approved, dec.code, dec.reason, dec)
-
-    def _publish_deferred(self, events):
-        for topic, msg in events:
-            self._emit(topic, msg)
 
     def setup(self):
         t0 = time.perf_counter()
@@ -102,22 +74,18 @@ class RiskNode(Node):
         self.engine.restore()
         if self.conf.history_file:
             self._warm_from_history(self.conf.history_file)
-        if self.conf.flatten_on_halt:
-            self._flat_thread = threading.Thread(target=self._flatten_loop, name="risk-flatten", daemon=True)
-            self._flat_thread.start()
-        # tell whoever listens where we stand (execution cancels on an engaged switch)
+        # tell whoever listens where we stand (execution cancels on an engaged switch); late
+        # joiners get the next periodic snapshot, or ask with Query("snapshot")
         self._emit(topics.RISK_KILLSWITCH, self.engine.latch.record())
+        self.engine.publish_snapshot(force=True)
 
     def teardown(self):
-        self._flat_stop.set()
-        if self._flat_thread is not None:
-            self._flat_thread.join(1.0)
         self.engine.persist()
 
     def extra_counters(self) -> dict:
         c = {f"risk.{k}": int(v) for k, v in self.engine.counters.items()}
         c["risk.killswitch"] = int(self.engine.latch.engaged)
-        c["risk.pending_orders"] = len(self.engine.exposure.pending)
+        c["risk.snapshot_version"] = self.engine.version
         return c
 
     # --- history warm-up (the batch kernels) ----------------------------------------------------
@@ -141,35 +109,3 @@ class RiskNode(Node):
             o = [np.empty(n) for _ in range(3)]
             kernels.batch(mk.st, np.asarray(px, dtype=np.float64), np.asarray(ts, dtype=np.int64), *o)
             self.log.info("bands of %s warmed from %d historical ticks", p, n)
-
-    # --- flatten on halt: exits sent to execution from a helper thread --------------------------
-    def _queue_flatten(self, intents):
-        if self._flat_thread is None:
-            self.log.error("flatten requested but the flatten thread is not running")
-            return
-        for i in intents:
-            self._flat_q.put(i)
-
-    def _flatten_loop(self):
-        # its own request socket (one client per thread); execution will ask us to check each exit,
-        # which the loop thread answers while this thread waits
-        client = RequestClient.for_node(self.mesh, "execution", timeout_ms=self.conf.flatten_timeout_ms,
-                                        source="risk", context=self._ctx)
-        try:
-            while not self._flat_stop.is_set():
-                try:
-                    intent = self._flat_q.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                try:
-                    r = client.request(intent)
-                    self.call_soon(self._flatten_done, intent, r.ok, r.code, r.reason)
-                except RequestError as e:
-                    self.call_soon(self._flatten_done, intent, False, e.code, e.reason)
-        finally:
-            client.close()
-
-    def _flatten_done(self, intent, ok, code, reason):
-        self.engine.counters["flatten_sent" if ok else "flatten_failed"] += 1
-        (self.log.info if ok else self.log.error)("flatten %s %s %s: %s %s", intent.side, intent.size,
-                                                   intent.product, code, reason)

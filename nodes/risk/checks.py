@@ -1,6 +1,10 @@
 """The pre-trade checks: plain functions over a decision context, run in a fixed order, stopping at
 the first failure. Each returns ``None`` (pass) or ``(proto.errors.Code, human message)``.
 
+They are the risk node's rules and live in its package, but they run in the execution node, in
+front of the venue, over execution's own book and the latest risk state it received
+(``nodes.execution.pretrade``): the check sits where the state is. This is their one definition.
+
 The order (``CHECKS``) follows ``proto.errors.Code``: validity of the order itself, the kill switch
 and trading state, market data and feed health, the venue's size/price grid, the volatility band,
 the static price band, slippage against the book, notional, position and exposure per product,
@@ -8,7 +12,7 @@ gross exposure, and last the order-rate throttle (so only orders that pass every
 the rate). Money is Decimal throughout; only the volatility band's width comes from float
 statistics (it is turned into Decimal prices on the product's tick grid before comparing).
 """
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from proto import Code
 
@@ -25,7 +29,14 @@ _PCT = Decimal(100)
 
 
 class Ctx:
-    """One decision's inputs and the figures derived from them (computed once, lazily)."""
+    """One decision's inputs and the figures derived from them (computed once, lazily).
+
+    ``gate`` is what the checks read, all of it in the process that runs them (execution):
+    ``gate.view`` the latest risk state received from the risk node (``RiskView``: trading state,
+    kill switch, limits, bands, feed verdicts), ``gate.quote(p)`` the market of a product,
+    ``gate.book`` the exact book of positions and working orders (the order under check is not in
+    it yet, so it is counted exactly once: here), ``gate.approvals`` / ``gate.rate_clock()`` the
+    order-rate window, and ``gate.mesh`` for product specs."""
 
     __slots__ = ("intent", "gate", "market", "spec", "limits", "now", "_size", "_size_est",
                  "_fill", "_reduces")
@@ -34,9 +45,9 @@ class Ctx:
         self.gate = gate
         self.intent = intent
         self.now = now
-        self.market = gate.markets.get(intent.product)
+        self.market = gate.quote(intent.product)
         self.spec = gate.mesh.spec(intent.product)
-        self.limits = gate.limits.get(intent.product)
+        self.limits = gate.view.limits(intent.product)
         self._size = self._fill = self._reduces = None
         self._size_est = False
 
@@ -57,19 +68,19 @@ class Ctx:
         return self._size
 
     def reduces(self) -> bool:
-        """True if the order can only shrink the position, even if every pending order of the
+        """True if the order can only shrink the position, even if every working order of the
         same side fills first."""
         if self._reduces is None:
             size = self.size()
             if size is None:
                 self._reduces = False
             else:
-                ex = self.gate.exposure
-                q = ex.qty(self.intent.product)
+                b, p = self.gate.book, self.intent.product
+                q = b.qty(p)
                 if self.intent.side == SELL:
-                    self._reduces = q > 0 and q - ex.pend_sell.get(self.intent.product, ZERO) - size >= 0
+                    self._reduces = q > 0 and q - b.pend_sell(p) - size >= 0
                 else:
-                    self._reduces = q < 0 and q + ex.pend_buy.get(self.intent.product, ZERO) + size <= 0
+                    self._reduces = q < 0 and q + b.pend_buy(p) + size <= 0
         return self._reduces
 
     def fill(self):
@@ -121,8 +132,8 @@ def _bad_number(v, name):
 
 def check_valid(g, c):
     i = c.intent
-    if c.market is None or c.spec is None or c.limits is None:
-        return Code.INVALID_ORDER, f"unknown product {i.product!r} (risk trades {', '.join(g.mesh.products)})"
+    if c.spec is None or c.limits is None:
+        return Code.INVALID_ORDER, f"unknown product {i.product!r} (risk trades {', '.join(g.view.products)})"
     if i.side not in SIDES:
         return Code.INVALID_ORDER, f"side must be BUY or SELL, got {i.side!r}"
     if i.order_type not in ORDER_TYPES:
@@ -153,36 +164,38 @@ def check_valid(g, c):
 
 
 def _exit_allowed(g, c):
-    return g.conf.flatten_on_halt and c.intent.reduce_only and c.reduces()
+    return g.view.flatten_on_halt and c.intent.reduce_only and c.reduces()
 
 
 def check_kill_switch(g, c):
-    ks = g.latch
-    if ks.engaged and not _exit_allowed(g, c):
-        return Code.KILL_SWITCH, f"kill switch engaged ({ks.source}): {ks.reason}"
+    v = g.view
+    if v.killswitch and not _exit_allowed(g, c):
+        return Code.KILL_SWITCH, f"kill switch engaged ({v.ks_source}): {v.ks_reason}"
     return None
 
 
 def check_halted(g, c):
-    if g.machine.state == HALTED and not g.latch.engaged and not _exit_allowed(g, c):
-        return Code.HALTED, f"trading is HALTED: {g.machine.reason}"
+    v = g.view
+    if v.state == HALTED and not v.killswitch and not _exit_allowed(g, c):
+        return Code.HALTED, f"trading is HALTED: {v.state_reason}"
     return None
 
 
 def check_reduce_only(g, c):
-    if g.machine.state == REDUCING and not c.reduces():
-        q = g.exposure.qty(c.intent.product)
-        return (Code.REDUCE_ONLY, f"trading state REDUCING ({g.machine.reason}): only orders that shrink "
+    v = g.view
+    if v.state == REDUCING and not c.reduces():
+        q = g.book.qty(c.intent.product)
+        return (Code.REDUCE_ONLY, f"trading state REDUCING ({v.state_reason}): only orders that shrink "
                 f"a position pass; {c.intent.side} would not shrink position {q}")
     if c.intent.reduce_only and not c.reduces():
-        q = g.exposure.qty(c.intent.product)
-        return Code.REDUCE_ONLY, f"reduce-only {c.intent.side} would not shrink position {q} (pending included)"
+        q = g.book.qty(c.intent.product)
+        return Code.REDUCE_ONLY, f"reduce-only {c.intent.side} would not shrink position {q} (working orders included)"
     return None
 
 
 def check_market_data(g, c):
     m = c.market
-    if m.last is None or m.mid is None:
+    if m is None or m.last is None or m.mid is None:
         return Code.NO_MARKET_DATA, f"no market data for {c.intent.product} yet"
     if c.intent.order_type == "MARKET" and not m.levels(c.intent.side)[0]:
         return Code.NO_MARKET_DATA, f"no {'ask' if c.intent.side == BUY else 'bid'} for a market {c.intent.side}"
@@ -190,17 +203,9 @@ def check_market_data(g, c):
 
 
 def check_feed(g, c):
-    m, conf = c.market, g.conf
-    if m.status_state is None:
-        if conf.require_feed_status:
-            return Code.FEED_STALE, f"no md.status for {c.intent.product} seen yet"
-        return None
-    if m.status_timed_out(c.now, conf.feed_status_timeout_s):
-        return (Code.FEED_STALE, f"md.status for {c.intent.product} is {c.now - m.status_mono:.1f} s old "
-                f"(> {conf.feed_status_timeout_s} s)")
-    if not m.status_healthy:
-        code = Code.FEED_GAP if m.status_state == "GAP" else Code.FEED_STALE
-        return code, f"feed for {c.intent.product} is {m.status_state}: {m.status_reason}"
+    code, reason = g.view.feed(c.intent.product)
+    if code:
+        return code, reason
     return None
 
 
@@ -235,16 +240,26 @@ def check_price_increment(g, c):
 
 
 def check_vol_band(g, c):
-    lim = c.limits
-    b = c.market.band(lim.band_method, lim.band_k, lim.band_floor_pct, g.conf.min_history)
-    if not b.ready:
+    """The volatility band bounds aggressive prices only: a buy above mid + band or a sell below
+    mid - band is refused; a passive limit (a bid below the market, an ask above it) is bounded
+    by the static price band alone, so market making and grids stay possible."""
+    width, method, _why = g.view.band(c.intent.product)
+    if width is None:
         return None          # not enough history yet: the static band and the rest still apply
     px = c.price()
     if px is None:
         return None
-    if px < b.low or px > b.high:
-        return (Code.VOL_BAND, f"price {px} outside the {b.method} band [{b.low}, {b.high}] "
-                f"(mid {b.center}, k={lim.band_k})")
+    mid, tick = c.market.mid, c.spec.quote_increment
+    if c.intent.side == BUY:
+        high = (mid + width).quantize(tick, rounding=ROUND_CEILING)
+        if px > high:
+            return (Code.VOL_BAND, f"buy at {px} above the {method} band's top {high} "
+                    f"(mid {mid} + {width})")
+    else:
+        low = max(ZERO, (mid - width).quantize(tick, rounding=ROUND_FLOOR))
+        if px < low:
+            return (Code.VOL_BAND, f"sell at {px} below the {method} band's bottom {low} "
+                    f"(mid {mid} - {width})")
     return None
 
 
@@ -284,26 +299,18 @@ def check_notional(g, c):
     return None
 
 
-def _mark(g, product):
-    m = g.markets.get(product)
-    if m is not None and m.mid is not None:
-        return m.mid
-    return g.exposure.marks.get(product)
-
-
 def check_position(g, c):
-    i, ex, lim = c.intent, g.exposure, c.limits
+    i, b, lim = c.intent, g.book, c.limits
     if c.reduces():
         return None
     size = c.size()
-    q = ex.qty(i.product)
-    hi, lo = ex.worst(i.product)
+    q = b.qty(i.product)
+    hi, lo = b.worst(i.product)
     after = hi + size if i.side == BUY else lo - size
     if abs(after) > lim.max_position:
-        return (Code.MAX_POSITION, f"position could reach {after} (now {q}, pending included), "
+        return (Code.MAX_POSITION, f"position could reach {after} (now {q}, working orders included), "
                 f"max {lim.max_position}")
-    mark = _mark(g, i.product)
-    exp = abs(after) * mark
+    exp = abs(after) * c.market.mid
     if exp > lim.max_exposure:
         return Code.MAX_EXPOSURE, f"exposure could reach {exp:.2f}, max {lim.max_exposure}"
     return None
@@ -312,24 +319,25 @@ def check_position(g, c):
 def check_gross(g, c):
     if c.reduces():
         return None
-    i, ex = c.intent, g.exposure
+    i, b = c.intent, g.book
     size = c.size()
-    hi, lo = ex.worst(i.product)
+    hi, lo = b.worst(i.product)
     if i.side == BUY:
         hi += size
     else:
         lo -= size
-    gross = max(abs(hi), abs(lo)) * _mark(g, i.product)
-    for p in ex.products():
+    gross = max(abs(hi), abs(lo)) * c.market.mid
+    for p in b.products():
         if p != i.product:
-            w = ex.worst_abs(p)
+            w = b.worst_abs(p)
             if w:
-                mk = _mark(g, p)
+                mk = g.mark(p)
                 if mk is None:
                     return Code.GROSS_EXPOSURE, f"cannot value the {p} position {w}: no mark"
                 gross += w * mk
-    if gross > g.conf.max_gross_exposure:
-        return Code.GROSS_EXPOSURE, f"gross exposure could reach {gross:.2f}, max {g.conf.max_gross_exposure}"
+    limit = g.view.max_gross_exposure
+    if gross > limit:
+        return Code.GROSS_EXPOSURE, f"gross exposure could reach {gross:.2f}, max {limit}"
     return None
 
 
@@ -338,8 +346,9 @@ def check_rate(g, c):
     horizon = g.rate_clock() - 1.0
     while w and w[0] <= horizon:
         w.popleft()
-    if len(w) >= g.conf.max_orders_per_s:
-        return Code.RATE_LIMIT, f"{len(w)} orders approved in the last second (max {g.conf.max_orders_per_s}/s)"
+    limit = g.view.max_orders_per_s
+    if len(w) >= limit:
+        return Code.RATE_LIMIT, f"{len(w)} orders approved in the last second (max {limit}/s)"
     return None
 
 

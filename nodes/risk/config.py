@@ -56,8 +56,6 @@ class RiskConfig:
     max_exposure: Decimal = Decimal("50000")        # quote, per product
     max_gross_exposure: Decimal = Decimal("100000")  # quote, sum over products
     max_orders_per_s: int = 20                      # approved orders in any 1 s window
-    rate_clock: str = "wall"                        # the order-rate window's clock: "wall", or "market"
-                                                    # (exchange timestamps: replays stay deterministic)
     products: dict[str, ProductLimits] = dataclasses.field(default_factory=dict)
     # --- automatic kill-switch triggers ---
     daily_loss_limit: Decimal = Decimal("2000")     # quote; daily PnL <= -limit engages
@@ -71,14 +69,14 @@ class RiskConfig:
     require_feed_status: bool = True                # deny orders without a recent md.status
     feed_status_timeout_s: float = 3.0              # md.status older than this counts as stale
     # --- halting ---
-    flatten_on_halt: bool = False                   # on HALTED, send reduce-only market exits
-    flatten_timeout_ms: int = 1000                  # deadline of each exit request to execution
+    flatten_on_halt: bool = False                   # on HALTED, execution sends reduce-only market exits
     # --- plumbing ---
     state_file: str = "risk/state.json"             # under mesh.state_dir unless absolute
     history_file: str = ""                          # optional store file (JSON Lines) to warm bands
-    publish_interval_s: float = 1.0                 # exposure/band/state republish period
+    publish_interval_s: float = 0.5                 # snapshot/band republish period
+    state_max_age_ms: int = 2000                    # execution refuses orders once risk's latest
+                                                    # snapshot is older than this (RISK_UNAVAILABLE)
     band_publish_min_interval_s: float = 0.1        # at most this often per product on change
-    pending_ttl_s: float = 10.0                     # approved order never seen by execution: forget
 
     def __post_init__(self):
         if self.window < 2:
@@ -96,15 +94,17 @@ class RiskConfig:
                               f"got {self.band_method!r}")
         if self.band_floor_pct < 0:
             raise ConfigError("risk.band_floor_pct: must be >= 0")
-        if self.rate_clock not in ("wall", "market"):
-            raise ConfigError(f"risk.rate_clock: must be \"wall\" or \"market\", got {self.rate_clock!r}")
         _check_positive(self, ("band_k", "max_price_band_pct", "max_slippage_bps",
                                "max_order_notional", "max_position", "max_exposure",
                                "max_gross_exposure", "max_orders_per_s", "daily_loss_limit",
                                "max_drawdown", "max_rejects_per_min",
                                "execution_heartbeat_timeout_s", "stale_halt_after_s",
-                               "feed_status_timeout_s", "flatten_timeout_ms",
-                               "publish_interval_s", "pending_ttl_s"), prefix="risk.")
+                               "feed_status_timeout_s", "publish_interval_s", "state_max_age_ms"),
+                        prefix="risk.")
+        if self.state_max_age_ms < 2 * self.publish_interval_s * 1000:
+            raise ConfigError(f"risk.state_max_age_ms: must be at least two publish intervals "
+                              f"(2 x risk.publish_interval_s = {2 * self.publish_interval_s * 1000:g} ms), "
+                              f"got {self.state_max_age_ms}")
         if not (0.0 < self.reduce_at_loss_fraction <= 1.0):
             raise ConfigError("risk.reduce_at_loss_fraction: must be in (0, 1]")
         if self.band_publish_min_interval_s < 0:

@@ -1,21 +1,23 @@
-"""The risk node's decision logic, without sockets.
+"""The risk node's logic, without sockets.
 
-``RiskEngine`` takes decoded events (``on_*``), answers pre-trade checks (``decide``), kill-switch
-commands (``command``) and the state query (``query``), runs its periodic duties (``on_timer``),
-and emits events through the ``emit(topic, msg)`` callable it is given (the node's ``publish``; a
-list in unit tests). Time comes from two injectable clocks: ``clock()`` (monotonic seconds) for
-windows and timeouts, ``wall_ns()`` for timestamps.
+``RiskEngine`` owns the risk state: volatility bands per product, feed verdicts, the trading state,
+the latched kill switch and the limits. It takes decoded events (``on_*``), answers kill-switch
+commands (``command``) and queries (``query``, ``snapshot``), runs its periodic duties
+(``on_timer``), and emits events through the ``emit(topic, msg)`` callable it is given (the node's
+``publish``; a list in unit tests). It publishes a ``RiskSnapshot`` the moment anything a pre-trade
+check reads changes, and every ``publish_interval_s``; execution runs the checks against it. It is
+not on the per-order path. Time comes from two injectable clocks: ``clock()`` (monotonic seconds, or
+market time in offline mode) for windows and timeouts, ``wall_ns()`` for timestamps.
 """
 import collections
 import logging
 import time
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, Decimal
 
-from proto import Code, OrderIntent, Reply, RiskBand, RiskDecision, RiskExposure, topics
+from proto import Code, Reply, RiskBand, RiskSnapshot, topics
 
-from . import checks
 from . import state as S
-from .market import BUY, SELL, ZERO, Exposure, ProductMarket
+from .market import ZERO, ProductMarket
 
 log = logging.getLogger("tickmesh.risk")
 
@@ -25,14 +27,13 @@ HEARTBEAT_GONE_STATES = ("STOPPED",)        # a clean stop announces itself: not
 
 class RiskEngine:
     def __init__(self, conf, mesh, *, emit=None, clock=time.monotonic, wall_ns=time.time_ns,
-                 state_file=None, log_=None, flatten=None):
+                 state_file=None, log_=None):
         self.conf = conf
         self.mesh = mesh
         self.emit = emit or (lambda topic, msg: None)
         self.clock = clock
         self.wall_ns = wall_ns
         self.log = log_ or log
-        self.flatten = flatten                   # callable(list[OrderIntent]) or None
         bar_ns = max(1, int(round(conf.bar_interval_s * 1e9)))
         self.markets = {}
         self.limits = {}
@@ -43,15 +44,10 @@ class RiskEngine:
                 continue
             self.markets[p] = ProductMarket(p, spec, conf.window, conf.ewma_alpha, bar_ns, conf.atr_period)
             self.limits[p] = conf.limits(p)
-        self.exposure = Exposure()
         self.machine = S.TradingStateMachine(S.ACTIVE)
         self.latch = S.KillSwitchLatch()
         self.statefile = S.StateFile(state_file or mesh.state_path(conf.state_file))
-        self.approvals = collections.deque()
-        # the order-rate window runs on the wall clock, or on market time (latest exchange
-        # timestamp seen) when conf.rate_clock = "market", as offline replays use
-        self.market_s = 0.0
-        self.rate_clock = (lambda: self.market_s) if getattr(conf, "rate_clock", "wall") == "market" else self.clock
+        self.market_s = 0.0                      # latest exchange timestamp seen (s)
         self.rejects = collections.deque()
         self.manual_reducing = False
         self.pnl = None
@@ -61,10 +57,10 @@ class RiskEngine:
         self.exec_last_hb = None                 # monotonic time of the last execution heartbeat
         self.exec_hb_state = None
         self.exec_down_reason = ""               # non-empty while execution is considered down
-        self._exposure_key = None
         self._last_periodic = -1e18
-        self._denial_log = [0.0, 0, 0]           # window start, lines in window, suppressed
-        self._flatten_sent = {}                  # product -> monotonic time of the last exit sent
+        self.epoch_ns = wall_ns()
+        self.version = 0
+        self._snap_key = None
         self.counters = collections.Counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -131,8 +127,7 @@ class RiskEngine:
         self.emit(topics.RISK_STATE, ev)
         if persist:
             self.persist()
-        if ev.state == S.HALTED and self.conf.flatten_on_halt:
-            self._flatten()
+        self.publish_snapshot()
 
     def engage(self, reason: str, source: str) -> bool:
         if not self.latch.engage(reason, source, self.wall_ns()):
@@ -143,7 +138,7 @@ class RiskEngine:
         self.persist()
         self.emit(topics.RISK_KILLSWITCH, self.latch.record())
         self._apply_state(reason)
-        self._publish_exposure(force=True)
+        self.publish_snapshot()
         return True
 
     def release_blockers(self):
@@ -181,7 +176,7 @@ class RiskEngine:
         self.persist()
         self.emit(topics.RISK_KILLSWITCH, self.latch.record())
         self._apply_state(f"kill switch released: {reason or 'manual'}")
-        self._publish_exposure(force=True)
+        self.publish_snapshot()
         return True, "kill switch released"
 
     def command(self, cmd) -> Reply:
@@ -204,78 +199,6 @@ class RiskEngine:
             return Reply(True, Code.OK, f"trading state {self.machine.state}", self.latch.record())
         return Reply(False, Code.BAD_REQUEST,
                      f"unknown kill switch action {a!r} (engage, release, status, reduce, resume)")
-
-    FLATTEN_RETRY_S = 5.0
-
-    def _flatten(self, retry: bool = False):
-        """Reduce-only market exits for open positions not already covered by pending exits. On
-        entering HALTED every position; from the timer (``retry``) those whose last exit is older
-        than FLATTEN_RETRY_S (a rejected exit, or positions learnt after a restart while halted)."""
-        if self.flatten is None:
-            return
-        intents = []
-        now, now_ns = self.clock(), self.wall_ns()
-        for p, q in sorted(self.exposure.positions.items()):
-            spec = self.mesh.spec(p)
-            if not q or spec is None or p not in self.markets:
-                if q and p not in self.markets and not retry:
-                    self.log.error("cannot flatten %s %s: not a product of this mesh", q, p)
-                continue
-            covering = self.exposure.pend_sell.get(p, ZERO) if q > 0 else self.exposure.pend_buy.get(p, ZERO)
-            if covering >= abs(q):
-                continue
-            if retry and now - self._flatten_sent.get(p, -1e18) < self.FLATTEN_RETRY_S:
-                continue
-            size = (abs(q) - covering).quantize(spec.base_increment, rounding=ROUND_DOWN)
-            if size < spec.base_min_size:
-                continue
-            self._flatten_sent[p] = now
-            intents.append(OrderIntent(p, SELL if q > 0 else BUY, "MARKET", size=size, tif="IOC",
-                                       reduce_only=True, client_order_id=f"risk-flatten-{p}-{now_ns}",
-                                       strategy="risk.flatten"))
-        if intents:
-            self.counters["flatten_orders"] += len(intents)
-            self.log.warning("flatten on halt: %s", ", ".join(f"{i.side} {i.size} {i.product}" for i in intents))
-            self.flatten(intents)
-
-    # --- the pre-trade check -------------------------------------------------------------------
-    def decide(self, intent) -> RiskDecision:
-        t0 = time.perf_counter_ns()
-        now = self.clock()
-        code, reason, ctx = checks.run(self, intent, now)
-        approved = code == Code.OK
-        if approved:
-            self.approvals.append(self.rate_clock())
-            size = ctx.size()
-            if size is not None:
-                self.exposure.add_pending(intent.client_order_id, intent.product, intent.side, size, now,
-                                          estimated=ctx._size_est)
-        # compute_ns: the decision itself; logging and publishing come after
-        dec = RiskDecision(intent.client_order_id, intent.product, approved, code, reason,
-                           time.perf_counter_ns() - t0)
-        self.counters["decisions"] += 1
-        self.counters["approved" if approved else "denied"] += 1
-        if not approved:
-            self.counters[f"denied.{code}"] += 1
-            self._log_denial(intent, code, reason, now)
-        self.emit(topics.RISK_DECISION, dec)
-        if approved:
-            self._publish_exposure()
-        return dec
-
-    def _log_denial(self, intent, code, reason, now):
-        w = self._denial_log
-        if now - w[0] >= 1.0:
-            if w[2]:
-                self.log.info("%d more denials not logged", w[2])
-            w[0], w[1], w[2] = now, 0, 0
-        if w[1] < 10:
-            w[1] += 1
-            self.log.info("denied %s %s %s %s: %s %s", intent.client_order_id or "-", intent.side,
-                          intent.size if intent.size is not None else intent.quote_size, intent.product,
-                          code, reason)
-        else:
-            w[2] += 1
 
     # --- events ---------------------------------------------------------------------------------
     def on_tick(self, env):
@@ -303,6 +226,7 @@ class RiskEngine:
             m.on_status(env.msg, self.clock())
             if m.status_state != before:
                 self.log.info("feed %s: %s -> %s (%s)", m.product, before, m.status_state, m.status_reason)
+                self.publish_snapshot()
 
     def on_feed_gap(self, env):
         now = self.clock()
@@ -311,6 +235,7 @@ class RiskEngine:
             if m is not None:
                 m.mark_unhealthy("GAP", f"sequence gap on {env.msg.connection}: expected "
                                  f"{env.msg.expected}, got {env.msg.got}", now)
+        self.publish_snapshot()
 
     def on_feed_stale(self, env):
         now = self.clock()
@@ -319,10 +244,7 @@ class RiskEngine:
             if m is not None:
                 m.mark_unhealthy("STALE", f"{env.msg.connection} silent for {env.msg.silent_s:.1f} s", now)
         self._check_stale(now)
-
-    def on_position(self, env):
-        self.exposure.on_position(env.msg)
-        self._publish_exposure()
+        self.publish_snapshot()
 
     def on_pnl(self, env):
         p = env.msg
@@ -340,11 +262,9 @@ class RiskEngine:
         self._apply_state("daily loss back within the reducing threshold")
 
     def on_order(self, env):
+        """Execution's rejections: too many venue rejects in a minute engage the kill switch."""
         o = env.msg
         now = self.clock()
-        m = self.markets.get(o.product)
-        if self.exposure.on_order(o, now, m.mid if m is not None else None):
-            self._publish_exposure()
         if o.status == "REJECTED" and o.code == Code.VENUE_REJECT:
             w = self.rejects
             w.append(now)
@@ -354,11 +274,6 @@ class RiskEngine:
             if len(w) > self.conf.max_rejects_per_min:
                 self.engage(f"{len(w)} venue rejects in the last minute (max {self.conf.max_rejects_per_min}); "
                             f"last: {o.reason}", S.AUTO_ERROR_RATE)
-
-    def on_fill(self, env):
-        self.counters["fills"] += 1
-        if self.exposure.on_fill(env.msg):
-            self._publish_exposure()
 
     def on_heartbeat(self, env):
         hb = env.msg
@@ -408,6 +323,8 @@ class RiskEngine:
         after = self.conf.stale_halt_after_s
         timeout = self.conf.feed_status_timeout_s
         for p, m in self.markets.items():
+            if not m.ever_healthy:
+                continue        # never healthy (no internet at start, say): refused FEED_STALE, no latch
             since = m.unhealthy_since
             if since is None and m.status_timed_out(now, timeout):
                 since = m.status_mono + timeout
@@ -424,11 +341,6 @@ class RiskEngine:
                 and now - self.exec_last_hb > self.conf.execution_heartbeat_timeout_s):
             self._execution_down(f"no execution heartbeat for {now - self.exec_last_hb:.1f} s "
                                  f"(timeout {self.conf.execution_heartbeat_timeout_s} s)")
-        if self.conf.flatten_on_halt and self.machine.state == S.HALTED:
-            self._flatten(retry=True)
-        if self.exposure.expire(now, self.conf.pending_ttl_s):
-            self.counters["pending_expired"] += 1
-            self._publish_exposure()
         while self.rejects and self.rejects[0] <= now - REJECT_WINDOW_S:
             self.rejects.popleft()
         if self._peak_dirty and now - self._peak_saved_mono >= 1.0:
@@ -437,8 +349,9 @@ class RiskEngine:
             self._last_periodic = now
             for m in self.markets.values():
                 self._publish_band(m, now)
-            self._publish_exposure(force=True)
+            self.publish_snapshot(force=True)
         else:
+            self.publish_snapshot()     # a feed verdict can change with time alone (md.status age)
             for m in self.markets.values():
                 if m.band_dirty:
                     self._maybe_publish_band(m, now)
@@ -450,7 +363,18 @@ class RiskEngine:
         sd, ew, atr = m.sigmas()
         nan0 = lambda v: 0.0 if v != v else v   # noqa: E731  (NaN: not ready -> 0 on the wire)
         return RiskBand(m.product, m.last or ZERO, m.mid or ZERO, nan0(sd), nan0(ew), nan0(atr),
-                        b.low if b.ready else ZERO, b.high if b.ready else ZERO, b.method)
+                        b.low if b.ready else ZERO, b.high if b.ready else ZERO, b.method,
+                        self.band_width(m, b))
+
+    def band_width(self, m, b=None):
+        """The band's half-width in price units on the tick grid (rounded up), None if not ready."""
+        if b is None:
+            lim = self.limits[m.product]
+            b = m.band(lim.band_method, lim.band_k, lim.band_floor_pct, self.conf.min_history)
+        if not b.ready:
+            return None
+        tick = m.spec.quote_increment
+        return Decimal(b.width).quantize(tick, rounding=ROUND_CEILING)
 
     def _maybe_publish_band(self, m, now):
         if now - m.band_pub_mono >= self.conf.band_publish_min_interval_s:
@@ -462,38 +386,73 @@ class RiskEngine:
         m.band_dirty = False
         m.band_pub_mono = now
         self.emit(topics.band(m.product), self.band_record(m))
+        self.publish_snapshot()         # a band that just became ready changes what passes
 
-    def exposure_record(self) -> RiskExposure:
-        ex = self.exposure
-        positions, exposures = {}, {}
-        gross = net = ZERO
-        for p in sorted(ex.products() | set(self.markets)):
-            q = ex.qty(p)
-            mark = checks._mark(self, p)
-            positions[p] = q
-            e = ex.worst_abs(p) * mark if mark is not None else ZERO
-            exposures[p] = e
-            gross += e
-            if mark is not None:
-                net += q * mark
-        return RiskExposure(gross, net, positions, exposures, self.machine.state, self.latch.engaged)
+    # --- the snapshot execution checks orders against ------------------------------------------
+    def feed_verdict(self, m, now):
+        """("", "") when orders in ``m``'s product may go, else (FEED_STALE | FEED_GAP, why)."""
+        conf = self.conf
+        if m.status_state is None:
+            if conf.require_feed_status:
+                return Code.FEED_STALE, f"no md.status for {m.product} seen yet"
+            return "", ""
+        if m.status_timed_out(now, conf.feed_status_timeout_s):
+            return (Code.FEED_STALE, f"md.status for {m.product} is {now - m.status_mono:.1f} s old "
+                    f"(> {conf.feed_status_timeout_s} s)")
+        if not m.status_healthy:
+            code = Code.FEED_GAP if m.status_state == "GAP" else Code.FEED_STALE
+            return code, f"feed for {m.product} is {m.status_state}: {m.status_reason}"
+        return "", ""
 
-    def _publish_exposure(self, force: bool = False):
-        key = (self.exposure.version, self.machine.state, self.latch.engaged)
-        if not force and key == self._exposure_key:
+    def snapshot(self) -> RiskSnapshot:
+        now = self.clock()
+        products = {}
+        for p, m in self.markets.items():
+            lim = self.limits[p]
+            b = m.band(lim.band_method, lim.band_k, lim.band_floor_pct, self.conf.min_history)
+            w = self.band_width(m, b)
+            code, why = self.feed_verdict(m, now)
+            products[p] = {"max_position": str(lim.max_position), "max_exposure": str(lim.max_exposure),
+                           "max_order_notional": str(lim.max_order_notional),
+                           "max_price_band_pct": str(lim.max_price_band_pct),
+                           "max_slippage_bps": str(lim.max_slippage_bps),
+                           "band": "" if w is None else str(w), "band_method": b.method, "band_why": b.why,
+                           "feed": code, "feed_reason": why}
+        ks = self.latch
+        self.version += 1
+        return RiskSnapshot(self.version, self.epoch_ns, self.conf.state_max_age_ms, self.machine.state,
+                            self.machine.reason, ks.engaged, ks.source or "", ks.reason or "", ks.since_ns or 0,
+                            self.conf.flatten_on_halt, self.conf.max_gross_exposure, self.conf.max_orders_per_s,
+                            products)
+
+    def _snapshot_key(self):
+        now = self.clock()
+        return (self.machine.state, self.latch.engaged,
+                tuple(self.feed_verdict(m, now)[0] for m in self.markets.values()),
+                tuple(m.band(self.limits[p].band_method, self.limits[p].band_k, self.limits[p].band_floor_pct,
+                             self.conf.min_history).ready for p, m in self.markets.items()))
+
+    def publish_snapshot(self, force: bool = False):
+        """Publish the snapshot if what the checks read changed (or ``force``): the trading state,
+        the kill switch, a feed verdict or a band becoming ready. Band widths move with every tick;
+        they travel on ``risk.band.<P>`` in between and in every periodic snapshot."""
+        key = self._snapshot_key()
+        if not force and key == self._snap_key:
             return
-        self._exposure_key = key
-        self.emit(topics.RISK_EXPOSURE, self.exposure_record())
+        self._snap_key = key
+        self.counters["snapshots"] += 1
+        self.emit(topics.RISK_SNAPSHOT, self.snapshot())
 
     # --- queries --------------------------------------------------------------------------------
     def query(self) -> dict:
         now = self.clock()
-        ex = self.exposure
         feeds = {}
         bands = {}
         for p, m in self.markets.items():
+            code, why = self.feed_verdict(m, now)
             feeds[p] = {"state": m.status_state or "UNKNOWN", "healthy": m.status_healthy,
-                        "reason": m.status_reason,
+                        "reason": m.status_reason, "verdict": code or "OK", "verdict_reason": why,
+                        "ever_healthy": m.ever_healthy,
                         "status_age_s": None if m.status_mono is None else round(now - m.status_mono, 3),
                         "ticks": m.tick_seq, "returns": m.returns, "bars": m.bars}
             bands[p] = self.band_record(m)
@@ -503,10 +462,8 @@ class RiskEngine:
             "state_reason": self.machine.reason,
             "manual_reducing": self.manual_reducing,
             "killswitch": self.latch.record(),
-            "exposure": self.exposure_record(),
-            "pending": {k: {"product": p.product, "side": p.side, "remaining": p.remaining,
-                            "seen_by_execution": p.seen, "age_s": round(now - p.created, 3)}
-                        for k, p in ex.pending.items()},
+            "snapshot_version": self.version,
+            "epoch_ns": self.epoch_ns,
             "bands": bands,
             "feeds": feeds,
             "pnl": None if pnl is None else {"realized": pnl.realized, "unrealized": pnl.unrealized,

@@ -1,7 +1,9 @@
-"""What risk knows of each product's market (last/mid/book/feed health, volatility bands) and of
-the mesh's positions (execution's Position events plus risk's own approved-but-unfilled orders).
+"""Market views without sockets.
 
-Plain classes, no sockets: the node feeds them decoded events.
+``Quote``: last/bid/ask/mid and the top of the book of one product, with the expected fill of an
+order walking it. Execution keeps one per product for the pre-trade checks (fed by ``md.tick`` and
+``md.book``). ``ProductMarket`` (a Quote plus the volatility kernels and feed health) is what the
+risk node keeps per product to compute the bands and the feed verdict it publishes.
 """
 import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -23,24 +25,94 @@ class Band:
         self.center, self.method, self.why = center, method, why
 
 
-class ProductMarket:
-    """Market state and band kernels of one product."""
+class Quote:
+    """Last/bid/ask/mid and book levels of one product (Decimals)."""
 
-    def __init__(self, product: str, spec, window: int, alpha: float, bar_ns: int, period: int):
+    def __init__(self, product: str):
         self.product = product
-        self.spec = spec
-        self.st = K.new_state(window, alpha, bar_ns, period)
         self.last = self.bid = self.ask = self.mid = None     # Decimals once known
         self.bid_size = self.ask_size = None
         self.bids = self.asks = None                          # book levels, best first
-        self.tick_seq = 0                                     # ticks fed to the kernels
         self.px_seq = 0                                       # bumps when last/mid change
+
+    def on_tick(self, tick, ts_event: int = 0, now: float = 0.0) -> bool:
+        price = tick.price
+        if not (price > 0):
+            return False
+        self._quote(tick)
+        return True
+
+    def _quote(self, tick):
+        self.px_seq += 1
+        self.last = tick.price
+        bid, ask = tick.bid, tick.ask
+        if bid > 0 and ask > 0 and ask >= bid:
+            self.bid, self.ask = bid, ask
+            self.bid_size, self.ask_size = tick.bid_size, tick.ask_size
+            self.mid = (bid + ask) * _HALF
+        elif self.mid is None:
+            self.mid = tick.price
+
+    def on_book(self, book, now: float = 0.0):
+        self.bids, self.asks = book.bids, book.asks
+        self.px_seq += 1
+        if self.bids and self.asks:
+            b, a = self.bids[0][0], self.asks[0][0]
+            if b > 0 and a >= b:
+                self.bid, self.ask = b, a
+                self.bid_size, self.ask_size = self.bids[0][1], self.asks[0][1]
+                self.mid = (b + a) * _HALF
+
+    def levels(self, side: str):
+        """The levels an order of ``side`` would take (book if any, else the tick's top), and
+        whether they come from a real book."""
+        book = self.asks if side == BUY else self.bids
+        if book:
+            return book, True
+        if side == BUY and self.ask is not None:
+            return [[self.ask, self.ask_size or ZERO]], False
+        if side == SELL and self.bid is not None:
+            return [[self.bid, self.bid_size or ZERO]], False
+        return [], False
+
+    def expected_fill(self, side: str, size: Decimal, limit):
+        """(vwap of the part that would execute now, executed size, depth_short) walking the
+        levels; a limit stops the walk. Without a real book the top price fills everything
+        (what the paper venue does)."""
+        levels, real = self.levels(side)
+        left = size
+        cost = ZERO
+        for price, qty in levels:
+            if limit is not None and ((side == BUY and price > limit) or (side == SELL and price < limit)):
+                break
+            take = qty if qty < left else left
+            if not real:
+                take = left
+            cost += take * price
+            left -= take
+            if left <= 0:
+                break
+        done = size - left
+        if done <= 0:
+            return None, ZERO, left > 0
+        return cost / done, done, left > 0
+
+
+class ProductMarket(Quote):
+    """Risk's view of one product: the quote, the band kernels and feed health."""
+
+    def __init__(self, product: str, spec, window: int, alpha: float, bar_ns: int, period: int):
+        super().__init__(product)
+        self.spec = spec
+        self.st = K.new_state(window, alpha, bar_ns, period)
+        self.tick_seq = 0                                     # ticks fed to the kernels
         self.ticks_refused = 0
         self.last_tick_mono = None
         self.book_mono = None
         # feed health (from md.status.<P>; md.gap / md.stale flip it to unhealthy at once)
         self.status_state = None          # None: no status seen yet
         self.status_healthy = False
+        self.ever_healthy = False         # a healthy md.status was seen (only then can it latch)
         self.status_reason = "no md.status seen yet"
         self.status_mono = None
         self.unhealthy_since = None       # monotonic time the feed last went STALE/DISCONNECTED
@@ -59,35 +131,16 @@ class ProductMarket:
             self.ticks_refused += 1
             return False
         self.tick_seq += 1
-        self.px_seq += 1
-        self.last = price
-        bid, ask = tick.bid, tick.ask
-        if bid > 0 and ask > 0 and ask >= bid:
-            self.bid, self.ask = bid, ask
-            self.bid_size, self.ask_size = tick.bid_size, tick.ask_size
-            self.mid = (bid + ask) * _HALF
-        elif self.mid is None:
-            self.mid = price
+        self._quote(tick)
         self.last_tick_mono = now
         self.band_dirty = True
         return True
-
-    def on_book(self, book, now: float):
-        self.bids, self.asks = book.bids, book.asks
-        self.book_mono = now
-        self.px_seq += 1
-        self.band_dirty = True
-        if self.bids and self.asks:
-            b, a = self.bids[0][0], self.asks[0][0]
-            if b > 0 and a >= b:
-                self.bid, self.ask = b, a
-                self.bid_size, self.ask_size = self.bids[0][1], self.asks[0][1]
-                self.mid = (b + a) * _HALF
 
     def on_status(self, st, now: float):
         was_halting = self.status_state in HALTING_FEED_STATES or self.status_state == "TIMEOUT"
         self.status_state = st.state if not st.healthy else "OK"
         self.status_healthy = bool(st.healthy)
+        self.ever_healthy = self.ever_healthy or self.status_healthy
         self.status_reason = st.reason or st.state
         self.status_mono = now
         halting = not st.healthy and st.state in HALTING_FEED_STATES
@@ -158,171 +211,3 @@ class ProductMarket:
                 b = Band(False, None, None, 0.0, center, method, why)
         self._band_key, self._band = key, b
         return b
-
-    def levels(self, side: str):
-        """The levels an order of ``side`` would take (book if any, else the tick's top), and
-        whether they come from a real book."""
-        book = self.asks if side == BUY else self.bids
-        if book:
-            return book, True
-        if side == BUY and self.ask is not None:
-            return [[self.ask, self.ask_size or ZERO]], False
-        if side == SELL and self.bid is not None:
-            return [[self.bid, self.bid_size or ZERO]], False
-        return [], False
-
-    def expected_fill(self, side: str, size: Decimal, limit):
-        """(vwap of the part that would execute now, executed size, depth_short) walking the
-        levels; a limit stops the walk. Without a real book the top price fills everything
-        (what the paper venue does)."""
-        levels, real = self.levels(side)
-        left = size
-        cost = ZERO
-        for price, qty in levels:
-            if limit is not None and ((side == BUY and price > limit) or (side == SELL and price < limit)):
-                break
-            take = qty if qty < left else left
-            if not real:
-                take = left
-            cost += take * price
-            left -= take
-            if left <= 0:
-                break
-        done = size - left
-        if done <= 0:
-            return None, ZERO, left > 0
-        return cost / done, done, left > 0
-
-
-class Pending:
-    """An approved order not yet finished: ``size`` at approval (or as execution reports it);
-    filled amounts come from order events (cumulative) and fill events (summed), the larger wins,
-    so seeing both never counts a fill twice."""
-    __slots__ = ("product", "side", "size", "remaining", "created", "seen", "estimated",
-                 "order_filled", "fill_sum")
-
-    def __init__(self, product, side, size, created, seen=False, estimated=False):
-        self.product, self.side, self.size, self.remaining = product, side, size, size
-        self.created, self.seen, self.estimated = created, seen, estimated
-        self.order_filled = self.fill_sum = ZERO
-
-    def recompute(self):
-        r = self.size - max(self.order_filled, self.fill_sum)
-        return r if r > 0 else ZERO
-
-
-class Exposure:
-    """Positions as execution reports them, plus the worst case of orders risk approved that are
-    not filled yet (conservative: a pending buy counts as bought for limits on the long side, a
-    pending sell as sold on the short side; pending orders never reduce anything)."""
-
-    TERMINAL = ("FILLED", "CANCELLED", "REJECTED")
-
-    def __init__(self):
-        self.positions: dict = {}        # product -> signed qty (from position.<P>)
-        self.marks: dict = {}            # product -> execution's mark
-        self.pending: dict = {}          # client_order_id -> Pending
-        self.pend_buy: dict = {}         # product -> sum of pending buy sizes
-        self.pend_sell: dict = {}
-        self.version = 0                 # bumps on every change (for publish-on-change)
-        self._anon = 0
-
-    def qty(self, product) -> Decimal:
-        return self.positions.get(product, ZERO)
-
-    def on_position(self, pos):
-        if self.positions.get(pos.product) != pos.qty or self.marks.get(pos.product) != pos.mark:
-            self.positions[pos.product] = pos.qty
-            if pos.mark > 0:
-                self.marks[pos.product] = pos.mark
-            self.version += 1
-
-    def _agg(self, p: Pending, sign: int):
-        d = self.pend_buy if p.side == BUY else self.pend_sell
-        d[p.product] = d.get(p.product, ZERO) + sign * p.remaining
-
-    def add_pending(self, coid: str, product: str, side: str, size: Decimal, now: float,
-                    estimated: bool = False):
-        if not coid:
-            self._anon += 1
-            coid = f"~anon-{self._anon}"
-        old = self.pending.pop(coid, None)
-        if old is not None:
-            self._agg(old, -1)
-        p = Pending(product, side, size, now, estimated=estimated)
-        self.pending[coid] = p
-        self._agg(p, +1)
-        self.version += 1
-
-    def _set_remaining(self, p: Pending) -> bool:
-        r = p.recompute()
-        if r == p.remaining:
-            return False
-        self._agg(p, -1)
-        p.remaining = r
-        self._agg(p, +1)
-        self.version += 1
-        return True
-
-    def on_order(self, o, now: float, mark=None) -> bool:
-        """Follow execution's order events; returns True if the pending book changed."""
-        p = self.pending.get(o.client_order_id)
-        if o.status in self.TERMINAL:
-            if p is None:
-                return False
-            self._agg(self.pending.pop(o.client_order_id), -1)
-            self.version += 1
-            return True
-        if p is None:
-            # a working order risk did not approve in this run (e.g. before a restart): count it
-            from .checks import ABSURD_MAX
-            if o.size is not None:
-                size = o.size
-            elif o.quote_size is not None and mark and o.quote_size <= ABSURD_MAX:
-                size = o.quote_size / mark
-            else:
-                return False
-            if not ZERO < size <= ABSURD_MAX:
-                return False        # no venue takes it (execution and risk reject it): not exposure
-            p = Pending(o.product, o.side, size, now, seen=True)
-            p.order_filled = o.filled_size
-            p.remaining = p.recompute()
-            self.pending[o.client_order_id] = p
-            self._agg(p, +1)
-            self.version += 1
-            return True
-        p.seen = True
-        if o.size is not None and o.size != p.size:
-            p.size = o.size
-        if o.filled_size > p.order_filled:
-            p.order_filled = o.filled_size
-        return self._set_remaining(p)
-
-    def on_fill(self, f) -> bool:
-        p = self.pending.get(f.client_order_id)
-        if p is None:
-            return False
-        p.seen = True
-        p.fill_sum += f.size
-        return self._set_remaining(p)
-
-    def expire(self, now: float, ttl: float) -> int:
-        """Forget approvals execution never acted on (no order event within ``ttl``)."""
-        old = [k for k, p in self.pending.items() if not p.seen and now - p.created > ttl]
-        for k in old:
-            self._agg(self.pending.pop(k), -1)
-        if old:
-            self.version += 1
-        return len(old)
-
-    def worst(self, product):
-        """(highest, lowest) signed quantity if every pending order of ``product`` fills."""
-        q = self.positions.get(product, ZERO)
-        return q + self.pend_buy.get(product, ZERO), q - self.pend_sell.get(product, ZERO)
-
-    def worst_abs(self, product) -> Decimal:
-        hi, lo = self.worst(product)
-        return max(abs(hi), abs(lo))
-
-    def products(self):
-        return set(self.positions) | set(self.pend_buy) | set(self.pend_sell)

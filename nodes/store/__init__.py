@@ -120,6 +120,13 @@ class StoreNode(Node):
         if self.writer is not None:
             self.writer.put_gap(source, topic, missing)
 
+    def on_joined_late(self, source: str, topic: str, missed: int):
+        """Events published before this store connected: a gap line marks them, unless the
+        previous run of this store stored that topic (then ``_on_event`` knows exactly what is
+        missing from where it stopped)."""
+        if (source, topic) not in self._resume:
+            self.on_gap(source, topic, missed)
+
     # --- reporting ---------------------------------------------------------------------------------
     def extra_counters(self) -> dict:
         w = self.writer

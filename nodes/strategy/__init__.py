@@ -4,8 +4,15 @@ Plugins (``nodes.strategy.base.Strategy``) turn ticks, trades, their own fills a
 order intents. The node passes every intent through the gate (``nodes.strategy.gate``: kill switch,
 HALTED/REDUCING, a working order, backoff after rejections, cooldown), sizes it to the product's
 increment, tags it (``strategy`` = plugin name, ``client_order_id``, ``origin_ns`` = ``ts_recv`` of the
-market event that triggered it) and submits it with a ``RequestClient`` to execution. Rejections are
+market event that triggered it) and submits it to execution with the runtime's asynchronous request
+(``Node.request``): the loop goes on at once and the reply arrives as an event. Rejections are
 counted by code and back off; while the kill switch is engaged or risk says HALTED nothing is sent.
+
+Readiness: nothing is sent until execution says it is ready (risk state received and market data
+for every product: ``exec.ready`` in its heartbeat, or its ``Query("pretrade")``) and each plugin's
+positions are restored from execution (``Query("positions", "strategies")``): a restarted strategy
+starts from what it holds, never flat. Positions are execution's; the node follows them from the
+fills execution publishes.
 
 ``market_events_done`` (heartbeat counter) counts ticks and trades of traded products whose handling,
 order submissions included, is complete: a lockstep replay can wait on it before the next event.
@@ -16,9 +23,8 @@ from collections import OrderedDict
 from decimal import ROUND_DOWN, Decimal
 
 import proto
-from proto import (Code, Fill, KillSwitch, KillSwitchCmd, Order, OrderIntent, Reply, RiskState, Tick,
-                   Trade)
-from nodes.client import RequestClient, RequestError
+from proto import (Code, Fill, Heartbeat, KillSwitch, KillSwitchCmd, Order, OrderIntent, Query, RiskState,
+                   Tick, Trade, topics)
 from nodes.config import ConfigError, build
 from nodes.runtime import Node
 
@@ -93,7 +99,8 @@ class StrategyNode(Node):
     """Strategy: runs plugins on market data and submits their order intents to execution."""
 
     name = "strategy"
-    subscriptions = ("md.tick.", "md.trade.", "risk.state", "risk.killswitch", "fill.", "order.")
+    subscriptions = ("md.tick.", "md.trade.", "risk.state", "risk.killswitch", "fill.", "order.",
+                     topics.heartbeat("execution"))
 
     def __init__(self, mesh, conf: StrategyConfig = None, **kw):
         conf = conf or StrategyConfig()
@@ -119,12 +126,14 @@ class StrategyNode(Node):
         self._filled = {}            # client_order_id -> base size filled so far (own fills)
         self._final = {}             # client_order_id -> filled_size of a final order awaiting fills
         self.clock_ns = 0            # market time: the latest ts_event of a market event
-        self.client = None
+        self.exec_ready = False      # execution said it can check orders (risk state + market data)
+        self.restored = False        # plugin positions restored from execution
+        self._early_fills = []       # fills seen before the restore answer arrived
         self.c = {k: 0 for k in (
             "ticks", "trades", "market_events_done", "intents", "submitted", "accepted", "rejected", "risk_rejects",
             "submit_timeouts", "submit_errors", "fills", "orders_final", "invalid_intents",
-            "plugin_errors", "suppressed_killswitch", "suppressed_halted", "suppressed_reducing",
-            "suppressed_pending", "suppressed_backoff", "suppressed_cooldown")}
+            "plugin_errors", "suppressed_not_ready", "suppressed_killswitch", "suppressed_halted",
+            "suppressed_reducing", "suppressed_pending", "suppressed_backoff", "suppressed_cooldown")}
         self.reject_codes = {}
         self.on(Tick, self._on_tick)
         self.on(Trade, self._on_trade)
@@ -132,6 +141,7 @@ class StrategyNode(Node):
         self.on(Order, self._on_order)
         self.on(RiskState, self._on_risk_state)
         self.on(KillSwitch, self._on_killswitch)
+        self.on(Heartbeat, self._on_exec_heartbeat)
         self.queries["strategy"] = self._query
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -141,33 +151,61 @@ class StrategyNode(Node):
                 p.start()
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        self.client = RequestClient.for_node(self.mesh, "execution", source="strategy", context=self._ctx,
-                                             timeout_ms=self.conf.submit_timeout_ms)
-        self._ask_killswitch()
+        self.connect_requests("execution", "risk")
+        self._ask_start_state()
+        self.every(1.0, self._ask_start_state, first=1.0)
         self.log.info("plugins %s on %s, order size %s, run id %s",
                       ", ".join(p.name for p in self.plugins), ", ".join(self.products),
                       self.conf.order_size, self.run_id)
 
-    def teardown(self):
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+    def _ask_start_state(self):
+        """Until they are known: execution's readiness, the plugins' positions, the kill switch.
+        Asynchronous: the answers arrive as events; unanswered, the next tick of this timer asks
+        again (an unready strategy sends nothing)."""
+        if self.restored and self.exec_ready:
+            return
+        t = self.conf.submit_timeout_ms / 1000
+        if not self.restored:
+            self.request("execution", Query("positions", "strategies"), self._on_positions, None, t)
+        if not self.exec_ready:
+            self.request("execution", Query("pretrade"), self._on_pretrade, None, t)
+            self.request("risk", KillSwitchCmd("status"), self._on_ks_status, None, t)
 
-    def _ask_killswitch(self):
-        """Start from risk's kill-switch state when risk answers (later events keep it current);
-        when it does not, execution still asks risk before every order (and fails closed)."""
-        with RequestClient.for_node(self.mesh, "risk", source="strategy", context=self._ctx,
-                                    timeout_ms=200) as risk:
-            try:
-                r = risk.request(KillSwitchCmd("status"))
-            except RequestError as e:
-                self.log.info("kill-switch state not known at start (%s); following risk.killswitch", e.code)
-                return
+    def _on_pretrade(self, r):
+        if r.ok and isinstance(r.data, dict):
+            self._set_exec_ready(bool(r.data.get("ready")), r.data.get("why_not", ""))
+
+    def _on_exec_heartbeat(self, env):
+        hb = env.msg
+        if hb.node == "execution" and "exec.ready" in hb.counters:
+            self._set_exec_ready(hb.counters["exec.ready"] == 1 and hb.state == "RUNNING", "")
+
+    def _set_exec_ready(self, ready, why):
+        if ready != self.exec_ready:
+            self.log.info("execution %s%s", "ready" if ready else "not ready", f": {why}" if why else "")
+            self.exec_ready = ready
+
+    def _on_ks_status(self, r):
         ks = r.data
-        engaged = ks.engaged if type(ks) is KillSwitch else (ks.get("engaged") if isinstance(ks, dict) else None)
-        if r.ok and isinstance(engaged, bool):
-            self.gate.set_killswitch(engaged)
-            self.log.info("kill switch at start: %s", "ENGAGED" if engaged else "released")
+        if r.ok and type(ks) is KillSwitch:
+            self.gate.set_killswitch(ks.engaged)
+            self.log.info("kill switch at start: %s", "ENGAGED" if ks.engaged else "released")
+
+    def _on_positions(self, r):
+        if self.restored or not r.ok or not isinstance(r.data, dict):
+            return
+        held = r.data.get("strategies", {})
+        recent = set(r.data.get("recent_fills", ()))
+        for alias, pos in self.positions.items():
+            for product, qty in (held.get(alias) or {}).items():
+                pos[product] = qty
+        self.restored = True
+        early, self._early_fills = self._early_fills, []
+        for env in early:               # fills execution had not booked when it answered
+            if env.msg.fill_id not in recent:
+                self._apply_fill(env)
+        got = {a: {p: str(q) for p, q in pos.items() if q} for a, pos in self.positions.items()}
+        self.log.info("positions restored from execution: %s", got or "flat")
 
     # --- market events -------------------------------------------------------------------------------
     def _tick_clock(self, env):
@@ -195,10 +233,20 @@ class StrategyNode(Node):
     # --- own orders ------------------------------------------------------------------------------------
     def _on_fill(self, env):
         f = env.msg
-        owner = self.orders.get(f.client_order_id)
-        if owner is None:
+        if f.client_order_id not in self.orders:
+            alias = f.client_order_id.rsplit("-", 2)[0]
+            if alias not in self.positions or alias == f.client_order_id:
+                return
+            # an order of one of our plugins placed before this process started (a restart)
+            self.orders[f.client_order_id] = (alias, f.product)
+        if not self.restored:
+            self._early_fills.append(env)
             return
-        plugin_name, product = owner
+        self._apply_fill(env)
+
+    def _apply_fill(self, env):
+        f = env.msg
+        plugin_name, product = self.orders[f.client_order_id]
         pos = self.positions[plugin_name]
         pos[product] = pos.get(product, Decimal(0)) + (f.size if f.side == "BUY" else -f.size)
         self.c["fills"] += 1
@@ -215,7 +263,12 @@ class StrategyNode(Node):
         o = env.msg
         owner = self.orders.get(o.client_order_id)
         if owner is None:
-            return
+            if o.strategy in self.positions and o.status != "REJECTED":
+                # an order of one of our plugins placed before this process started (a restart):
+                # its fills are that plugin's too
+                owner = self.orders[o.client_order_id] = (o.strategy, o.product)
+            else:
+                return
         if o.status in FINAL and o.client_order_id not in self._final:
             self.c["orders_final"] += 1
             if self._filled.get(o.client_order_id, Decimal(0)) >= o.filled_size:
@@ -288,6 +341,9 @@ class StrategyNode(Node):
             self.c["invalid_intents"] += 1
             return
         now = self.clock_ns or env.ts_event
+        if not (self.exec_ready and self.restored):
+            self.c["suppressed_not_ready"] += 1
+            return
         pos = self.positions[plugin.name].get(it.product, Decimal(0))
         why = self.gate.check(plugin.name, it, now, pos)
         if why is not None:
@@ -306,18 +362,22 @@ class StrategyNode(Node):
         self.gate.sent(plugin.name, it, now)
         self.c["submitted"] += 1
         try:
-            reply = self.client.request(it)
+            self.request("execution", it, lambda r: self._submitted(plugin, it, now, r),
+                         lambda why: self._submit_timeout(plugin, it, now, why),
+                         timeout_s=self.conf.submit_timeout_ms / 1000)
         except proto.EncodeError as e:   # nothing left the node
             self.c["submit_errors"] += 1
             self.gate.rejected(plugin.name, it, now)
             self.log.error("%s: cannot encode %s: %s", plugin.name, it, e)
-            return
-        except RequestError as e:      # timeout: the outcome is unknown; keep it pending, back off
-            self.c["submit_timeouts"] += 1
-            pause = self.gate.rejected(plugin.name, it, now, outcome_known=False)
-            self.log.warning("%s: no answer from execution for %s %s %s (%s); pausing %.1f s",
-                             plugin.name, it.side, it.size, it.product, e.code, pause / NS)
-            return
+
+    def _submit_timeout(self, plugin, it, now, why):
+        """No answer: the outcome is unknown; it stays pending and the plugin backs off."""
+        self.c["submit_timeouts"] += 1
+        pause = self.gate.rejected(plugin.name, it, now, outcome_known=False)
+        self.log.warning("%s: %s %s %s: %s; pausing %.1f s", plugin.name, it.side, it.size, it.product,
+                         why, pause / NS)
+
+    def _submitted(self, plugin, it, now, reply):
         order = reply.data if type(reply.data) is Order else None
         if reply.ok and (order is None or order.status != "REJECTED"):
             self.c["accepted"] += 1
@@ -339,6 +399,7 @@ class StrategyNode(Node):
         out = dict(self.c)
         out["pending_orders"] = len(self.gate.pending)
         out["killswitch"] = int(self.gate.killswitch)
+        out["ready"] = int(self.exec_ready and self.restored)
         for code, n in self.reject_codes.items():
             out[f"reject.{code}"] = n
         return out
