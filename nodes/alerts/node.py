@@ -15,7 +15,7 @@ from nodes.runtime import Node
 from proto import AlertEvent, topics
 
 from .rules import CRITICAL, Alert, AlertRules, Deduper
-from .senders import Dispatcher, channels_from_secrets
+from .senders import Dispatcher, channels_for_mode, channels_from_secrets
 
 SUBSCRIPTIONS = (topics.RISK_KILLSWITCH, topics.PNL, topics.NODE_HEARTBEAT, topics.NODE_PROCESS,
                  topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE)
@@ -37,8 +37,9 @@ class AlertsNode(Node):
         for t in self.rules.types():
             self.on(t, self._on_event)
         self.queries["alerts"] = lambda arg: {"firing": self.dedupe.firing(), "dedupe": dict(self.dedupe.counts),
+                                              "rules": dict(self.rules.counts),
                                               "sender": dict(self.sender.counts) if self.sender else {},
-                                              "channels": [c.name for c in self.channels]}
+                                              "channels": [c.name for c in self.channels], "mode": self.conf.mode}
         self.channels = []
         self.sender = None
         self._session = None
@@ -46,9 +47,16 @@ class AlertsNode(Node):
 
     def setup(self):
         self._session = requests.Session()
-        self.channels = channels_from_secrets(self.secrets, self.conf, self._session)
+        configured = channels_from_secrets(self.secrets, self.conf, self._session)
+        self.channels, refused = channels_for_mode(configured, self.conf.mode)
+        for ch, why in refused:
+            self.log.warning("alerts.mode = %s: not paging %s (%s)", self.conf.mode, ch.name, why)
         if self.channels:
-            self.log.info("alert channels: %s", ", ".join(c.name for c in self.channels))
+            self.log.info("alert channels: %s (alerts.mode = %s)", ", ".join(c.name for c in self.channels),
+                          self.conf.mode)
+        elif configured:
+            self.log.warning("alerts.mode = %s: alerts go to this log only (offline: --alerts live pages)",
+                             self.conf.mode)
         else:
             self.log.info("no Slack/Teams configured: alerts go to this log only")
         self.sender = Dispatcher(self.channels, self.conf, self.log, self._sent_from_worker,
@@ -89,13 +97,14 @@ class AlertsNode(Node):
                 self.log.warning("another alert node (pid %d) uses %s: not reporting it", pid, path)
                 return
             started = prev.get("started_ns") if type(prev.get("started_ns")) is int else 0
-            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started / 1e9)) if started else "?"
-            self.log.warning("the previous %s process (pid %s, started %s) did not stop cleanly",
-                             self.instance, pid or "?", when)
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started / 1e9)) if started else ""
+            what = ", ".join(x for x in (f"pid {pid}" if pid else "", f"started {when}" if when else "") if x)
+            self.log.warning("the previous %s process (%s) did not stop cleanly", self.instance,
+                             what or f"its marker {path} unreadable")
             now = time.time_ns()
             self._offer(Alert(f"process.exited.{self.instance}", "process", CRITICAL,
                               f"Process {self.instance} exited unexpectedly",
-                              f"The previous {self.instance} process (pid {pid or '?'} on {host}, started {when}) "
+                              f"The previous {self.instance} process on {host}{f' ({what})' if what else ''} "
                               "ended without a clean stop (crash or kill); alerts due while it was down were "
                               "not sent: check `tickmesh ctl status` and the kill switch."), now)
         path.parent.mkdir(parents=True, exist_ok=True)

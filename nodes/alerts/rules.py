@@ -3,11 +3,17 @@
 ``AlertRules.on_event(env, now_ns)`` and ``AlertRules.check(now_ns)`` turn bus events and the passage
 of time into ``Alert`` fire/resolve actions; ``Deduper`` decides which of them are actually sent:
 
-* a key that is already firing is not sent again (dedupe);
-* a key that fired less than ``cooldown_s`` ago is held back (pending) and sent when the cooldown
-  ends if it is still firing; a pending alert that resolves before that is dropped silently;
-* a resolve is sent only for a firing that was sent, and is never delayed;
-* one-shot events (a feed gap, a stale feed) have no resolve: the cooldown alone dedupes them.
+* every change of state of a key pages once, at once: a firing when the key was not firing, a
+  resolve when it was. A critical alert is never held or dropped;
+* a repeat of the current state (the same key firing again while it fires) is not sent (dedupe);
+* flapping warnings are grouped: a warning that fires again less than ``cooldown_s`` after its last
+  page is held; it is sent when the cooldown ends if it is still firing (saying how many times it
+  flapped meanwhile), and dropped if it resolved meanwhile (its resolve was never announced).
+
+The market-data feed is one incident (``AlertRules``, key ``feed``): the first gap, stale feed or
+unhealthy product pages; every later event of the same incident (the per-product GAP statuses, a
+second gap) is folded into it; it resolves once every product it touched has been healthy for
+``feed_settle_s``. One small gap is one message per channel and one resolve.
 """
 from decimal import Decimal
 from typing import NamedTuple, Optional
@@ -24,39 +30,41 @@ class Alert(NamedTuple):
     title: str
     text: str
     resolved: bool = False
-    oneshot: bool = False
 
 
 class Deduper:
     def __init__(self, cooldown_s: float):
         self.cooldown_ns = int(cooldown_s * 1e9)
-        self._st: dict = {}     # key -> {"firing", "sent", "last_ns", "pending"}
+        self._st: dict = {}     # key -> {"firing", "sent", "last_ns", "pending", "flaps"}
         self.counts = {"sent": 0, "deduped": 0, "held": 0, "dropped": 0}
 
     def _state(self, key):
         st = self._st.get(key)
         if st is None:
-            st = self._st[key] = {"firing": False, "sent": False, "last_ns": None, "pending": None}
+            st = self._st[key] = {"firing": False, "sent": False, "last_ns": None, "pending": None, "flaps": 0}
         return st
 
     def _cooling(self, st, now_ns) -> bool:
         return st["last_ns"] is not None and now_ns - st["last_ns"] < self.cooldown_ns
 
+    def _send(self, st, alert, now_ns) -> Alert:
+        st["sent"] = True
+        st["last_ns"] = now_ns
+        if st["flaps"]:
+            n, st["flaps"] = st["flaps"], 0
+            alert = alert._replace(text=f"{alert.text} (flapping: it fired {n} more time(s) since the "
+                                        "last message without being paged)")
+        self.counts["sent"] += 1
+        return alert
+
     def offer(self, alert: Alert, now_ns: int) -> Optional[Alert]:
-        """The alert to send now, or None (deduped, held for the cooldown, or nothing to resolve)."""
+        """The alert to send now, or None (a repeat, a held flapping warning, or nothing to resolve)."""
         st = self._state(alert.key)
-        if alert.oneshot:
-            if self._cooling(st, now_ns):
-                self.counts["deduped"] += 1
-                return None
-            st["last_ns"] = now_ns
-            self.counts["sent"] += 1
-            return alert
         if alert.resolved:
             if not st["firing"]:
                 return None
             st["firing"] = False
-            if not st["sent"]:
+            if not st["sent"]:              # a held re-fire that ended before its cooldown did
                 st["pending"] = None
                 self.counts["dropped"] += 1
                 return None
@@ -67,31 +75,37 @@ class Deduper:
             self.counts["deduped"] += 1
             return None
         st["firing"] = True
-        if self._cooling(st, now_ns):
+        if alert.severity != CRITICAL and self._cooling(st, now_ns):
             st["pending"] = alert
             st["sent"] = False
+            st["flaps"] += 1
             self.counts["held"] += 1
             return None
-        st["sent"] = True
-        st["last_ns"] = now_ns
-        self.counts["sent"] += 1
-        return alert
+        return self._send(st, alert, now_ns)
 
     def due(self, now_ns: int) -> list:
-        """Held alerts whose cooldown has ended and that are still firing."""
+        """Held warnings whose cooldown has ended and that are still firing."""
         out = []
         for st in self._st.values():
             a = st["pending"]
             if a is not None and st["firing"] and not self._cooling(st, now_ns):
                 st["pending"] = None
-                st["sent"] = True
-                st["last_ns"] = now_ns
-                self.counts["sent"] += 1
-                out.append(a)
+                st["flaps"] -= 1            # this one is the page itself, not a flap beside it
+                out.append(self._send(st, a, now_ns))
         return out
 
     def firing(self) -> list:
         return sorted(k for k, st in self._st.items() if st["firing"])
+
+
+def _age_text(age_s: float) -> str:
+    """A feed's last-message age for a sentence (the feed reports -1 before its first message)."""
+    return "no message yet" if age_s < 0 else f"last message {age_s:.1f} s ago"
+
+
+def _names(items) -> str:
+    items = sorted(map(str, items))
+    return ", ".join(items) if items else "no product listed"
 
 
 class AlertRules:
@@ -105,8 +119,11 @@ class AlertRules:
         self._down: set = set()
         self._peak_equity: Optional[Decimal] = None
         self._killswitch: Optional[bool] = None
-        self._feed_bad_since: dict = {}     # product -> ns since when it is unhealthy
+        self._feed_bad_since: dict = {}     # product -> ns since when it is unhealthy (grace at start)
         self._feed_was_healthy: set = set()
+        self._feed_unhealthy: dict = {}     # product -> state, for products of the open incident
+        self._incident: Optional[dict] = None   # the open feed incident
+        self.counts = {"feed_incidents": 0, "feed_events_grouped": 0}
         self._handlers = {proto.KillSwitch: self._killswitch_ev, proto.PnL: self._pnl,
                           proto.Heartbeat: self._heartbeat, proto.FeedStatus: self._feed_status,
                           proto.FeedGap: self._feed_gap, proto.FeedStale: self._feed_stale,
@@ -120,7 +137,7 @@ class AlertRules:
         return h(env.msg, now_ns) if h is not None else []
 
     def check(self, now_ns: int) -> list:
-        """Time-based rules: heartbeats that stopped arriving."""
+        """Time-based rules: heartbeats that stopped arriving, a feed incident that has settled."""
         out = []
         for node, seen in self._last_seen.items():
             if node in self._stopped or node in self._down:
@@ -130,6 +147,7 @@ class AlertRules:
                 out.append(Alert(f"node.down.{node}", "node", CRITICAL, f"Node {node} is down",
                                  f"No heartbeat from {node} for {(now_ns - seen) / 1e9:.1f} s "
                                  f"(timeout {self.conf.node_timeout_s:g} s)."))
+        out.extend(self._feed_settled(now_ns))
         return out
 
     # --- rules --------------------------------------------------------------------------------------
@@ -137,11 +155,11 @@ class AlertRules:
         prev, self._killswitch = self._killswitch, m.engaged
         if m.engaged and prev is not True:
             return [Alert("killswitch", "killswitch", CRITICAL, "Kill switch ENGAGED",
-                          f"Trading halted by {m.source or 'unknown'}: {m.reason or 'no reason given'}")]
+                          f"Trading halted by {m.source or 'an unnamed source'}: {m.reason or 'no reason given'}")]
         if not m.engaged and prev is True:
             return [Alert("killswitch", "killswitch", CRITICAL, "Kill switch released",
-                          f"Trading may resume ({m.source or 'unknown'}): {m.reason or 'no reason given'}",
-                          resolved=True)]
+                          f"Trading may resume ({m.source or 'an unnamed source'}): "
+                          f"{m.reason or 'no reason given'}", resolved=True)]
         return []
 
     def _pnl(self, m, now_ns):
@@ -170,12 +188,13 @@ class AlertRules:
     def _heartbeat(self, m, now_ns):
         node = m.node
         out = []
+        where = f"pid {m.pid} on {m.host}" if m.host else f"pid {m.pid}"
         if m.state in ("STOPPED", "STOPPING"):
             if node not in self._stopped:
                 self._stopped.add(node)
                 if self.conf.alert_on_clean_stop:
                     out.append(Alert(f"node.stopped.{node}", "node", WARNING, f"Node {node} stopped",
-                                     f"{node} (pid {m.pid} on {m.host}) reported a clean stop."))
+                                     f"{node} ({where}) reported a clean stop."))
             self._last_seen[node] = now_ns
             return out
         self._last_seen[node] = now_ns
@@ -183,59 +202,96 @@ class AlertRules:
             self._stopped.discard(node)
             if self.conf.alert_on_clean_stop:
                 out.append(Alert(f"node.stopped.{node}", "node", WARNING, f"Node {node} is back",
-                                 f"{node} is {m.state} (pid {m.pid}).", resolved=True))
+                                 f"{node} is {m.state} ({where}).", resolved=True))
         if node in self._down:
             self._down.discard(node)
             out.append(Alert(f"node.down.{node}", "node", CRITICAL, f"Node {node} is up again",
-                             f"{node} is {m.state} again (pid {m.pid} on {m.host}, uptime {m.uptime_s:.1f} s)."
-                             , resolved=True))
+                             f"{node} is {m.state} again ({where}, uptime {m.uptime_s:.1f} s).", resolved=True))
         return out
+
+    # --- the feed: one incident -------------------------------------------------------------------------
+    def _feed_bad(self, now_ns, products, state, title, text) -> list:
+        """Products turned unhealthy: open the incident (one page) or fold them into the open one."""
+        for p in products:
+            self._feed_unhealthy[p] = state
+        inc = self._incident
+        if inc is not None:
+            inc["products"].update(products)
+            inc["events"] += 1
+            inc["healthy_since"] = None
+            self.counts["feed_events_grouped"] += 1
+            return []
+        self._incident = {"opened_ns": now_ns, "products": set(products), "events": 1, "healthy_since": None,
+                          "title": title}
+        self.counts["feed_incidents"] += 1
+        return [Alert("feed", "feed", WARNING, title, f"{text} Risk refuses new orders on "
+                      f"{'this product' if len(products) == 1 else 'these products'} until healthy.")]
+
+    def _feed_settled(self, now_ns) -> list:
+        inc = self._incident
+        if inc is None or self._feed_unhealthy or inc["healthy_since"] is None:
+            return []
+        if now_ns - inc["healthy_since"] < self.conf.feed_settle_s * 1e9:
+            return []
+        self._incident = None
+        dur = (inc["healthy_since"] - inc["opened_ns"]) / 1e9
+        more = inc["events"] - 1
+        return [Alert("feed", "feed", WARNING, "Feed healthy again",
+                      f"{_names(inc['products'])} healthy again after {dur:.1f} s "
+                      f"({inc['title']}{f', and {more} later event(s) of the same incident' if more else ''}).",
+                      resolved=True)]
 
     def _feed_status(self, m, now_ns):
         if not self.conf.feed_alerts:
             return []
-        key = f"feed.{m.product}"
-        if not m.healthy:
-            # a feed that has not been healthy yet since this node started (connecting, first
-            # snapshot) gets feed_grace_s before it pages anyone
-            since = self._feed_bad_since.setdefault(m.product, now_ns)
-            if m.product not in self._feed_was_healthy and now_ns - since < self.conf.feed_grace_s * 1e9:
-                return []
-            return [Alert(key, "feed", WARNING, f"Feed {m.product} {m.state}",
-                          f"{m.reason or m.state}; last message {m.last_msg_age_s:.1f} s ago. "
-                          "Risk refuses new orders on this product.")]
-        self._feed_was_healthy.add(m.product)
-        self._feed_bad_since.pop(m.product, None)
-        return [Alert(key, "feed", WARNING, f"Feed {m.product} healthy again",
-                      f"state {m.state}", resolved=True)]
+        p = m.product
+        if m.healthy:
+            self._feed_was_healthy.add(p)
+            self._feed_bad_since.pop(p, None)
+            self._feed_unhealthy.pop(p, None)
+            inc = self._incident
+            if inc is not None and not self._feed_unhealthy and inc["healthy_since"] is None:
+                inc["healthy_since"] = now_ns
+            return self._feed_settled(now_ns)
+        # a feed that has not been healthy yet since this node started (connecting, first
+        # snapshot) gets feed_grace_s before it pages anyone
+        since = self._feed_bad_since.setdefault(p, now_ns)
+        if p not in self._feed_was_healthy and now_ns - since < self.conf.feed_grace_s * 1e9:
+            return []
+        if self._feed_unhealthy.get(p) == m.state and self._incident is not None:
+            return []                       # the every-second status of a product already counted
+        return self._feed_bad(now_ns, [p], m.state, f"Feed {p} {m.state}",
+                              f"{m.reason or m.state}; {_age_text(m.last_msg_age_s)}.")
 
     def _feed_gap(self, m, now_ns):
         if not self.conf.feed_alerts:
             return []
-        return [Alert(f"feed.gap.{m.connection}", "feed", WARNING, f"Feed gap on {m.connection}",
-                      f"Exchange sequence jumped from {m.expected} to {m.got} "
-                      f"(products {', '.join(map(str, m.products)) or '-'}); the book resyncs.", oneshot=True)]
+        missed = m.got - m.expected
+        return self._feed_bad(now_ns, [str(p) for p in m.products], "GAP", f"Feed gap on {m.connection}",
+                              f"Exchange sequence jumped from {m.expected} to {m.got} on {m.connection} "
+                              f"({missed} message(s) missed; products {_names(m.products)}); the books resync.")
 
     def _feed_stale(self, m, now_ns):
         if not self.conf.feed_alerts:
             return []
-        return [Alert(f"feed.stale.{m.connection}", "feed", WARNING, f"Feed stale on {m.connection}",
-                      f"No message for {m.silent_s:.1f} s (products {', '.join(map(str, m.products)) or '-'}).",
-                      oneshot=True)]
+        return self._feed_bad(now_ns, [str(p) for p in m.products], "STALE", f"Feed stale on {m.connection}",
+                              f"No message for {m.silent_s:.1f} s on {m.connection} "
+                              f"(products {_names(m.products)}); reconnecting.")
 
     def _process(self, m, now_ns):
         p = m.program
+        pid = f" (pid {m.pid})" if m.pid else ""
         if m.state == "EXITED" and not m.expected:
             return [Alert(f"process.exited.{p}", "process", CRITICAL, f"Process {p} exited unexpectedly",
-                          f"supervisord saw {p} (pid {m.pid}) exit: {m.detail or 'no detail'}. "
+                          f"supervisord saw {p}{pid} exit{f': {m.detail}' if m.detail else ''}. "
                           "It restarts it (autorestart).")]
         if m.state == "FATAL":
             return [Alert(f"process.fatal.{p}", "process", CRITICAL, f"Process {p} FATAL",
-                          f"supervisord gave up starting {p}: {m.detail or 'too many retries'}. "
+                          f"supervisord gave up starting {p}: {m.detail or 'too many failed starts'}. "
                           f"Check var/log/{p}.err.log, then `supervisorctl start tickmesh:{p}`.")]
         if m.state == "RUNNING":
             return [Alert(f"process.exited.{p}", "process", CRITICAL, f"Process {p} running again",
-                          f"pid {m.pid}", resolved=True),
+                          f"{p} is running{pid}.", resolved=True),
                     Alert(f"process.fatal.{p}", "process", CRITICAL, f"Process {p} running again",
-                          f"pid {m.pid}", resolved=True)]
+                          f"{p} is running{pid}.", resolved=True)]
         return []

@@ -10,10 +10,12 @@ Only HTTP 429, 5xx and connection errors are retried, with full-jitter exponenti
 The worker never runs in the bus loop: ``Dispatcher.submit`` only appends to a bounded queue.
 """
 import collections
+import ipaddress
 import logging
 import random
 import threading
 import time
+import urllib.parse
 
 import pymsteams
 import requests
@@ -159,6 +161,33 @@ def channels_from_secrets(secrets: dict, conf, session: requests.Session) -> lis
     if sec("TEAMS_WEBHOOK_URL"):
         out.append(TeamsWebhook(sec("TEAMS_WEBHOOK_URL"), conf.http_timeout_s))
     return out
+
+
+def _on_this_machine(url: str) -> bool:
+    host = (urllib.parse.urlsplit(url).hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def channels_for_mode(channels: list, mode: str) -> tuple:
+    """(channels to page, [(channel, why not)]) under ``alerts.mode``: ``live`` pages them all,
+    ``local`` only those whose URL is on this machine (the tests' fake Slack/Teams), ``log`` none."""
+    if mode == "live":
+        return list(channels), []
+    if mode == "log":
+        return [], [(ch, "alerts go to the log only") for ch in channels]
+    keep, refused = [], []
+    for ch in channels:
+        if _on_this_machine(ch.url):
+            keep.append(ch)
+        else:
+            host = urllib.parse.urlsplit(ch.url).hostname or "a URL with no host"
+            refused.append((ch, f"{host} is not this machine"))
+    return keep, refused
 
 
 class Dispatcher:

@@ -39,6 +39,7 @@ def restart_source(mesh, name, ctx):
 
 
 def conf(**kw):
+    kw.setdefault("mode", "local")          # only the local sink can be paged, whatever the secrets say
     kw.setdefault("backoff_base_s", 0.01)
     kw.setdefault("backoff_max_s", 0.05)
     kw.setdefault("http_timeout_s", 2.0)
@@ -99,16 +100,79 @@ def test_killswitch_to_slack_and_teams_with_dedupe_resolve_and_cooldown(tcp_mesh
         assert sink.on("/slack/")[1].json["text"].startswith("[tickmesh] RESOLVED: Kill switch released")
         assert sink.on("/teams/")[1].json["themeColor"] == "107C10"
 
-        # flapping inside the cooldown: the re-engage is held, not sent
+        # engaged again seconds later, well inside the cooldown: a state change, paged at once
         risk.send(topics.RISK_KILLSWITCH, ks(True, "again"))
+        again = bus.wait_for(lambda e: e.topic == "alert.killswitch" and not e.msg.resolved and e is not ev)
+        assert sorted(again.msg.channels) == ["slack", "teams"] and "again" in again.msg.text
+        assert len(sink.on("/slack/")) == 3 and len(sink.on("/teams/")) == 3
+        assert sink.on("/slack/")[2].json["text"].startswith("[tickmesh] CRITICAL: Kill switch ENGAGED")
         with RequestClient.for_node(tcp_mesh, "alerts", context=ctx, timeout_ms=1000) as c:
-            wait_until(lambda: c.call(proto.Query("alerts"))["dedupe"]["held"] == 1, 5, interval=0.02,
-                       what="held re-fire")
             info = c.call(proto.Query("alerts"))
-        assert info["firing"] == ["killswitch"]
-        assert len(sink.on("/slack/")) == 2 and len(sink.on("/teams/")) == 2
+        assert info["firing"] == ["killswitch"] and info["dedupe"]["held"] == 0
+        assert info["mode"] == "local"
     finally:
         stop_all(risk, node)
+
+
+def test_a_small_feed_gap_is_one_message_per_channel_and_one_resolve(tcp_mesh, ctx, sink, collector):
+    """What marketdata publishes for a gap that resyncs at once: md.gap, a GAP status per product,
+    then OK statuses. Slack and Teams each get one message and one resolve (it used to be five each)."""
+    secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/T0/B0/gap"),
+               "TEAMS_WEBHOOK_URL": Secret(sink.url + "/teams/webhookb2/gap")}
+    node, (md,) = started(tcp_mesh, ctx, conf(feed_settle_s=0.5), secrets, "marketdata")
+    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    products = ["BTC-USD", "ETH-USD"]
+    try:
+        for p in products:
+            md.send(topics.md_status(p), proto.FeedStatus(p, True, "OK", "", 0.1))
+        md.send(topics.MD_GAP, proto.FeedGap("ws", 10, 13, products))
+        for p in products:
+            md.send(topics.md_status(p), proto.FeedStatus(p, False, "GAP", "sequence gap on ws", 0.1))
+        for p in products:
+            md.send(topics.md_status(p), proto.FeedStatus(p, True, "OK", "", 0.1))
+        res = bus.wait_for(lambda e: e.topic == "alert.feed" and e.msg.resolved, timeout=5)
+        assert sorted(res.msg.channels) == ["slack", "teams"]
+        for p in products:                  # every-second statuses after the resolve: nothing more
+            md.send(topics.md_status(p), proto.FeedStatus(p, True, "OK", "", 0.1))
+        # a last event from the same publisher (a product still in its start-up grace: no alert);
+        # once the node has seen it, it has seen every status before it
+        md.send(topics.md_status("SOL-USD"), proto.FeedStatus("SOL-USD", False, "DISCONNECTED", "starting", -1.0))
+        wait_until(lambda: "SOL-USD" in node.rules._feed_bad_since, 5, what="the alert node seeing the last status")
+        slack = [r.json["text"] for r in sink.on("/slack/")]
+        teams = [r.json["title"] for r in sink.on("/teams/")]
+        assert len(slack) == 2 and slack[0].startswith("[tickmesh] WARNING: Feed gap on ws")
+        assert slack[1].startswith("[tickmesh] RESOLVED: Feed healthy again") and "BTC-USD, ETH-USD" in slack[1]
+        assert teams == ["tickmesh WARNING: Feed gap on ws", "tickmesh RESOLVED: Feed healthy again"]
+    finally:
+        stop_all(md, node)
+
+
+def test_mode_log_and_local_never_reach_a_channel_off_this_machine(tcp_mesh, ctx, sink, collector, caplog):
+    """alerts.mode = log (offline and replay runs): the configured channels are not paged, the log
+    says so. mode = local (the test suite): a channel off this machine is refused before any send."""
+    caplog.set_level(logging.INFO, logger="tickmesh.alerts")
+    secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/T0/B0/log"),
+               "TEAMS_WEBHOOK_URL": Secret("https://tickmesh-test.invalid/webhookb2/never")}
+    node, (risk,) = started(tcp_mesh, ctx, conf(mode="log"), secrets, "risk")
+    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    try:
+        assert node.channels == []
+        risk.send(topics.RISK_KILLSWITCH, ks(True, "offline halt"))
+        ev = bus.wait_for(lambda e: e.topic == "alert.killswitch")
+        assert ev.msg.channels == ["log"]
+        logged = [r.getMessage() for r in caplog.records]
+        assert "alerts.mode = log: not paging slack (alerts go to the log only)" in logged
+        assert any(m.startswith("ALERT killswitch [critical] Kill switch ENGAGED") for m in logged)
+    finally:
+        stop_all(risk, node)
+    local = AlertsNode(tcp_mesh, conf(), secrets=secrets, context=ctx).start()
+    try:
+        assert [c.name for c in local.channels] == ["slack"]
+        assert "alerts.mode = local: not paging teams (tickmesh-test.invalid is not this machine)" in \
+            [r.getMessage() for r in caplog.records]
+    finally:
+        local.stop()
+    assert sink.requests == [] and local.sender.counts["failed"] == 0
 
 
 def test_retries_429_and_5xx_not_4xx(tcp_mesh, ctx, sink, collector):
@@ -182,13 +246,16 @@ def test_without_channels_alerts_go_to_the_log(tcp_mesh, ctx, collector, caplog)
         assert ev.msg.channels == ["log"] and ev.msg.key == "pnl.daily_loss"
         assert any("ALERT pnl.daily_loss" in r.getMessage() for r in caplog.records)
         # the same condition reported again is deduped (one alert per firing)
-        for _ in range(2):
-            risk.send(topics.md_status("BTC-USD"), proto.FeedStatus("BTC-USD", False, "STALE", "silent", 6.0))
-        ev = bus.wait_for(lambda e: e.topic == "alert.feed")
-        assert ev.msg.key == "feed.BTC-USD"
+        risk.send(topics.PNL, proto.PnL(proto.Decimal("-1600"), proto.Decimal("0"), proto.Decimal("-1600"),
+                                        proto.Decimal("98400"), proto.Decimal("1"), "2026-01-01"))
         with RequestClient.for_node(tcp_mesh, "alerts", context=ctx, timeout_ms=1000) as c:
             wait_until(lambda: c.call(proto.Query("alerts"))["dedupe"]["deduped"] == 1, 5, interval=0.02,
-                       what="the second FeedStatus deduped")
+                       what="the second breach deduped")
+        for _ in range(2):
+            risk.send(topics.md_status("BTC-USD"), proto.FeedStatus("BTC-USD", False, "STALE", "silent", -1.0))
+        ev = bus.wait_for(lambda e: e.topic == "alert.feed")
+        assert ev.msg.key == "feed" and ev.msg.title == "Feed BTC-USD STALE"
+        assert "silent; no message yet." in ev.msg.text
     finally:
         stop_all(risk, node)
 

@@ -23,6 +23,10 @@ def fire(key="k", **kw):
 
 # --- dedupe -----------------------------------------------------------------------------------------------
 
+def warn(key="k", **kw):
+    return Alert(key, "feed", "warning", "title", "text", **kw)
+
+
 def test_dedupe_sends_once_while_firing_and_resolves_once():
     d = Deduper(cooldown_s=60)
     assert d.offer(fire(), 0) is not None
@@ -34,35 +38,43 @@ def test_dedupe_sends_once_while_firing_and_resolves_once():
     assert d.counts == {"sent": 2, "deduped": 2, "held": 0, "dropped": 0}
 
 
-def test_refire_inside_cooldown_is_held_then_sent_if_still_firing():
+def test_a_critical_state_change_pages_at_once_however_soon_it_repeats():
+    """The kill switch engaged, released and engaged again within seconds: three pages, none held
+    (it used to hold the re-engage for the 300 s cooldown, or lose it)."""
+    d = Deduper(cooldown_s=300)
+    assert d.offer(fire("killswitch"), 0).text == "text"
+    assert d.offer(fire("killswitch", resolved=True), 1 * S).resolved
+    again = d.offer(fire("killswitch"), 2 * S)
+    assert again is not None and not again.resolved and again.text == "text"
+    assert d.offer(fire("killswitch"), 3 * S) is None     # a repeat of the same state: deduped
+    assert d.due(10_000 * S) == []
+    assert d.counts == {"sent": 3, "deduped": 1, "held": 0, "dropped": 0}
+
+
+def test_a_flapping_warning_is_held_then_sent_once_with_its_flap_count():
     d = Deduper(cooldown_s=60)
-    assert d.offer(fire(), 0) is not None
-    assert d.offer(fire(resolved=True), 10 * S) is not None
-    assert d.offer(fire(), 20 * S) is None                # flapping: held
+    assert d.offer(warn(), 0) is not None
+    assert d.offer(warn(resolved=True), 10 * S) is not None
+    assert d.offer(warn(), 20 * S) is None                # flapping: held
+    assert d.offer(warn(resolved=True), 21 * S) is None   # its firing was never announced: no resolve
+    assert d.offer(warn(), 22 * S) is None                # held again
     assert d.due(30 * S) == []                            # cooldown not over
-    due = d.due(61 * S)
-    assert [a.key for a in due] == ["k"]
+    [a] = d.due(61 * S)
+    assert a.key == "k" and "fired 1 more time(s) since the last message" in a.text
     assert d.due(200 * S) == []                           # sent once
-    assert d.offer(fire(resolved=True), 300 * S).resolved
+    assert d.offer(warn(resolved=True), 300 * S).resolved
+    assert d.counts == {"sent": 4, "deduped": 0, "held": 2, "dropped": 1}
+    assert d.offer(warn(), 400 * S).text == "text"        # the count was spent on that message
 
 
-def test_held_alert_that_resolves_is_dropped_silently():
+def test_held_warning_that_resolves_is_dropped_silently():
     d = Deduper(cooldown_s=60)
-    d.offer(fire(), 0)
-    d.offer(fire(resolved=True), 1 * S)
-    assert d.offer(fire(), 2 * S) is None
-    assert d.offer(fire(resolved=True), 3 * S) is None    # its firing was never announced
+    d.offer(warn(), 0)
+    d.offer(warn(resolved=True), 1 * S)
+    assert d.offer(warn(), 2 * S) is None
+    assert d.offer(warn(resolved=True), 3 * S) is None    # its firing was never announced
     assert d.due(100 * S) == []
     assert d.counts["dropped"] == 1
-
-
-def test_oneshot_alerts_are_deduped_by_cooldown_only():
-    d = Deduper(cooldown_s=10)
-    a = fire("feed.gap.x", oneshot=True)
-    assert d.offer(a, 0) is not None
-    assert d.offer(a, 5 * S) is None
-    assert d.offer(a, 11 * S) is not None
-    assert d.firing() == []
 
 
 def test_keys_are_independent():
@@ -146,29 +158,80 @@ def test_clean_stop_is_not_down(rules):
     assert b.resolved
 
 
-def test_feed_rules(rules):
+def fs(product, healthy, state, reason="", age=0.1):
+    return env(proto.FeedStatus(product, healthy, state, reason, age))
+
+
+def offered(rules, dedupe, events):
+    """Feed ``(ns, env or None)`` steps through rules and dedupe as the node does (None: a timer
+    tick, ``check``); the alerts that would be paged."""
+    out = []
+    for now, e in events:
+        acts = rules.check(now) if e is None else rules.on_event(e, now)
+        out += [a for a in (dedupe.offer(x, now) for x in acts) if a is not None]
+        out += dedupe.due(now)
+    return out
+
+
+def test_a_small_feed_gap_is_one_message_and_one_resolve(rules):
+    """A gap on the connection, the per-product GAP statuses, both products healthy again a few
+    hundred ms later, and every-second statuses: one page and one resolve (it used to be five)."""
+    d = Deduper(rules.conf.cooldown_s)
+    healthy = [(0, fs("BTC-USD", True, "OK")), (0, fs("ETH-USD", True, "OK"))]
+    gap = [(10 * S, env(proto.FeedGap("ws", 10, 13, ["BTC-USD", "ETH-USD"]))),
+           (10 * S + 1, fs("BTC-USD", False, "GAP", "sequence gap on ws")),
+           (10 * S + 2, fs("ETH-USD", False, "GAP", "sequence gap on ws")),
+           (10 * S + 3, fs("BTC-USD", False, "GAP", "sequence gap on ws")),      # its every-second status
+           (int(10.3 * S), fs("BTC-USD", True, "OK")),
+           (int(10.4 * S), fs("ETH-USD", True, "OK")),
+           (11 * S, None), (int(11.5 * S), fs("BTC-USD", True, "OK")),
+           (int(12.3 * S), None), (int(12.5 * S), None), (20 * S, None)]
+    sent = offered(rules, d, healthy + gap)
+    assert [(a.key, a.resolved) for a in sent] == [("feed", False), ("feed", True)]
+    fired, resolved = sent
+    assert fired.title == "Feed gap on ws" and "from 10 to 13" in fired.text and "BTC-USD, ETH-USD" in fired.text
+    assert "healthy again after 0.4 s" in resolved.text and "BTC-USD, ETH-USD" in resolved.text
+    assert rules.counts == {"feed_incidents": 1, "feed_events_grouped": 0}   # the GAP statuses were the gap itself
+
+
+def test_feed_incident_waits_for_every_product_and_the_settle_time(rules):
+    d = Deduper(0)
+    sent = offered(rules, d, [(0, fs("BTC-USD", True, "OK")), (0, fs("ETH-USD", True, "OK")),
+                              (1 * S, fs("BTC-USD", False, "STALE", "no frame for 5 s", 5.0)),
+                              (2 * S, fs("ETH-USD", False, "STALE", "no frame for 5 s", 5.0)),
+                              (3 * S, fs("BTC-USD", True, "OK")),
+                              (10 * S, None),                               # ETH-USD still stale
+                              (11 * S, fs("ETH-USD", True, "OK")),
+                              (12 * S, None)])                              # 1 s < feed_settle_s
+    assert [(a.key, a.resolved) for a in sent] == [("feed", False)]
+    assert sent[0].title == "Feed BTC-USD STALE" and "last message 5.0 s ago" in sent[0].text
+    [r] = offered(rules, d, [(int(13.1 * S), None)])
+    assert r.resolved and "BTC-USD, ETH-USD healthy again after 10.0 s" in r.text
+    assert "1 later event(s) of the same incident" in r.text
+
+
+def test_feed_rules_grace_and_no_placeholder_age(rules):
     g0 = int(rules.conf.feed_grace_s * 1e9)
     # never healthy since start: quiet during the grace period, then alerted
-    assert rules.on_event(env(proto.FeedStatus("BTC-USD", False, "DISCONNECTED", "starting", -1.0)), 0) == []
-    [a] = rules.on_event(env(proto.FeedStatus("BTC-USD", False, "STALE", "no data", 7.5)), g0)
-    assert a.key == "feed.BTC-USD" and "7.5" in a.text and not a.resolved
-    [b] = rules.on_event(env(proto.FeedStatus("BTC-USD", True, "OK", "", 0.1)), g0 + 1)
-    assert b.resolved
-    # once it has been healthy, losing it alerts at once
-    [c] = rules.on_event(env(proto.FeedStatus("BTC-USD", False, "GAP", "seq gap", 0.2)), g0 + 2)
-    assert c.key == "feed.BTC-USD" and not c.resolved
-    [g] = rules.on_event(env(proto.FeedGap("ws", 10, 13, ["BTC-USD"])), 0)
-    assert g.oneshot and g.key == "feed.gap.ws" and "10" in g.text and "13" in g.text
-    [s] = rules.on_event(env(proto.FeedStale("ws", 12.0, ["ETH-USD"])), 0)
-    assert s.oneshot and "ETH-USD" in s.text
+    assert rules.on_event(fs("BTC-USD", False, "DISCONNECTED", "starting", -1.0), 0) == []
+    [a] = rules.on_event(fs("BTC-USD", False, "DISCONNECTED", "connecting", -1.0), g0)
+    assert a.key == "feed" and not a.resolved and a.title == "Feed BTC-USD DISCONNECTED"
+    assert "connecting; no message yet." in a.text and "-1" not in a.text
+    # a stale connection folds into the open incident
+    assert rules.on_event(env(proto.FeedStale("ws", 12.0, ["BTC-USD", "ETH-USD"])), g0 + 1) == []
     quiet = AlertRules(dataclasses.replace(rules.conf, feed_alerts=False))
     assert quiet.on_event(env(proto.FeedGap("ws", 1, 3, [])), 0) == []
+    [s] = AlertRules(rules.conf).on_event(env(proto.FeedStale("ws", 12.0, [])), 0)
+    assert s.title == "Feed stale on ws" and "No message for 12.0 s on ws (products no product listed)" in s.text
 
 
 def test_process_rules(rules):
-    pe = lambda state, expected=False: env(proto.ProcessEvent("execution", "tickmesh", state, 99, expected, "x"))  # noqa: E731
+    pe = lambda state, expected=False, pid=99: env(proto.ProcessEvent("execution", "tickmesh", state, pid, expected, "x"))  # noqa: E731
     [a] = rules.on_event(pe("EXITED"), 0)
     assert a.key == "process.exited.execution" and a.kind == "process"
+    assert "saw execution (pid 99) exit: x." in a.text
+    [a0] = AlertRules(rules.conf).on_event(pe("EXITED", pid=0), 0)
+    assert "saw execution exit: x." in a0.text                       # no "pid 0"
     assert rules.on_event(pe("EXITED", expected=True), 0) == []
     [f] = rules.on_event(pe("FATAL"), 0)
     assert f.key == "process.fatal.execution" and "supervisorctl start tickmesh:execution" in f.text
@@ -225,7 +288,28 @@ def test_http_status_classification():
     assert not e.value.retry
 
 
+def test_mode_chooses_the_channels_that_are_paged():
+    import requests
+    from nodes.alerts.senders import SlackBot, SlackWebhook, TeamsWebhook, channels_for_mode
+    sess = requests.Session()
+    real = SlackWebhook("https://hooks.slack.com/services/T0/B0/x", sess, 1.0)
+    teams = TeamsWebhook("https://example.webhook.office.com/webhookb2/y", 1.0)
+    fake = [SlackWebhook("http://127.0.0.1:8999/slack/x", sess, 1.0),
+            SlackBot("http://localhost:8999/api", "t", "#c", sess, 1.0),
+            TeamsWebhook("http://[::1]:8999/teams/y", 1.0)]
+    assert channels_for_mode([real, teams], "live") == ([real, teams], [])
+    keep, refused = channels_for_mode([real, teams] + fake, "local")
+    assert keep == fake
+    assert [(ch, why) for ch, why in refused] == [(real, "hooks.slack.com is not this machine"),
+                                                  (teams, "example.webhook.office.com is not this machine")]
+    keep, refused = channels_for_mode([real] + fake, "log")
+    assert keep == [] and len(refused) == 4
+
+
 def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match=r"alerts.mode: expected one of live, local, log, got 'page'"):
+        AlertsConfig(mode="page")
+    assert AlertsConfig().mode == "live"              # what supervisord runs: production pages
     with pytest.raises(ConfigError, match="alerts.drawdown_fraction"):
         AlertsConfig(drawdown_fraction=Decimal("1.5"))
     with pytest.raises(ConfigError, match="alerts.slack_api_url"):
