@@ -51,7 +51,9 @@ class SupervisedMesh:
             self.metrics_port = free_port()
         (tmp / "mesh.toml").write_text(toml(self))
         e = {k: v for k, v in os.environ.items() if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_"))}
-        e.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=PY, **env)
+        # alerts reach the test's local fake Slack/Teams only, never a real channel (alerts.mode)
+        e.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=PY, TICKMESH_ALERTS__MODE="local")
+        e.update(env)
         self.env = e
 
     def make(self, target):
