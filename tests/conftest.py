@@ -2,6 +2,7 @@
 
 Nothing here sleeps to synchronise: tests wait on events with deadlines.
 """
+import os
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,15 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# The suite runs on its own configuration only: no developer .env (a COINBASE_WS_URL there made the
+# supervisord tests connect elsewhere), no conf/secrets.env, no TICKMESH_/COINBASE_/SLACK_/TEAMS_
+# variable from the caller's shell. Set before anything loads a config; subprocesses inherit it.
+for _k in [k for k in os.environ if k.startswith(("TICKMESH_", "COINBASE_", "SLACK_", "TEAMS_"))
+           or k == "USE_OFFICIAL_SDK"]:
+    del os.environ[_k]
+os.environ["TICKMESH_DOTENV"] = ""       # nodes.config.dotenv_path: none
+os.environ["TICKMESH_SECRETS"] = ""      # nodes.config.secrets_path: none (tests pass their own)
 
 from nodes.config import MeshConfig  # noqa: E402
 from tools.netutil import free_base_port, free_port  # noqa: E402,F401

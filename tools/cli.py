@@ -4,16 +4,69 @@
     tickmesh offline [args]     == python -m nodes.offline
     tickmesh TOOL [args]        == python -m tools.TOOL   (tap, ctl, bench, replay, export, train,
                                                             keys, fakecoinbase, ...)
+
+``tickmesh --help`` lists every command with one line each: from ``DESCRIPTIONS`` below, else the
+first line of the module's docstring (read from the source, nothing imported). A tool is a module
+or package of ``tools`` with a ``main()``; helper modules without one are not commands.
 """
+import ast
 import importlib
 import importlib.util
 import pkgutil
+import re
 import sys
+from pathlib import Path
+
+# One line per command in `tickmesh --help`; a command not listed here shows its docstring's first line.
+DESCRIPTIONS = {
+    "node": "run one node in the foreground: tickmesh node NAME (== python -m nodes.NAME)",
+    "offline": "the whole mesh in one process on synthetic or recorded data, then a summary",
+    "config": "check the config file, environment overrides and secrets (config check)",
+    "ctl": "operate a running mesh: status, kill switch, orders, positions, PnL",
+    "tap": "watch the bus live, passively (filters, JSON lines, --stats, --record)",
+    "bench": "benchmarks: latency and throughput figures, one JSON report",
+    "replay": "replay a store file onto the bus at a chosen speed",
+    "export": "store files to CSV, or a digest of their events",
+    "train": "train the Q-learning strategy's table from a store file",
+    "keys": "generate CurveZMQ key pairs for every node and tool (mesh.curve)",
+    "fakecoinbase": "a local fake Coinbase exchange (WebSocket + REST) and its fault controls",
+    "protodoc": "regenerate (or --check) the message reference in docs/protocol.md",
+    "netutil": "free port ranges for a second mesh on this machine (free-base-port)",
+    "node:marketdata": "market data: Coinbase WebSocket, synthetic or replay -> md.* events",
+    "node:risk": "pre-trade risk gate, volatility bands, trading state and kill switch",
+    "node:execution": "orders through the risk gate to the paper venue or Coinbase; positions, PnL",
+    "node:store": "every subscribed event as a JSON line in rotating files",
+    "node:strategy": "strategy plugins (sma, momentum, qlearn) submitting orders to execution",
+    "node:metrics": "the Prometheus endpoint, fed from bus events",
+    "node:alerts": "Slack / Microsoft Teams alerts from bus events",
+    "node:supervisor": "supervisord event listener: process state changes onto the bus",
+}
+
+
+def _source(pkg_path, name: str, ispkg: bool) -> Path:
+    base = Path(pkg_path) / name
+    if ispkg:
+        return base / "__main__.py" if (base / "__main__.py").exists() else base / "__init__.py"
+    return base.with_suffix(".py")
+
+
+def _has_main(path: Path) -> bool:
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return False
+    return any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
 
 
 def _tools():
     import tools
-    return sorted(m.name for m in pkgutil.iter_modules(tools.__path__) if m.name not in ("cli", "__main__"))
+    out = []
+    for m in pkgutil.iter_modules(tools.__path__):
+        if m.name in ("cli", "__main__"):
+            continue
+        if _has_main(_source(tools.__path__[0], m.name, m.ispkg)):
+            out.append(m.name)
+    return sorted(out)
 
 
 def _nodes():
@@ -21,9 +74,36 @@ def _nodes():
     return sorted(m.name for m in pkgutil.iter_modules(nodes.__path__) if m.ispkg)
 
 
+def describe(name: str, path: Path = None) -> str:
+    """The command's one line: DESCRIPTIONS, else its docstring's first line (markup dropped)."""
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    doc = ""
+    if path is not None:
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        except (OSError, SyntaxError):
+            doc = ""
+    line = " ".join(doc.strip().split("\n\n")[0].split())          # the first paragraph, one line
+    line = re.sub(r"^``[^`]*``:\s*", "", line).replace("``", "")
+    line = line.split(". ")[0].rstrip(".")
+    return (line[:77] + "...") if len(line) > 80 else (line or "(no description)")
+
+
 def usage() -> str:
-    return ("usage: tickmesh node NAME [args] | tickmesh offline [args] | tickmesh TOOL [args]\n"
-            f"  nodes: {', '.join(_nodes())}\n  tools: {', '.join(_tools())}")
+    import nodes
+    import tools
+    width = 14
+    rows = ["usage: tickmesh COMMAND [args]    (tickmesh COMMAND --help: its options)", "", "commands:"]
+    for name in ("node", "offline"):
+        rows.append(f"  {name:<{width}}{describe(name)}")
+    for name in _tools():
+        ispkg = (Path(tools.__path__[0]) / name).is_dir()
+        rows.append(f"  {name:<{width}}{describe(name, _source(tools.__path__[0], name, ispkg))}")
+    rows += ["", "nodes (tickmesh node NAME):"]
+    for name in _nodes():
+        rows.append(f"  {name:<{width}}{describe('node:' + name, Path(nodes.__path__[0]) / name / '__init__.py')}")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
@@ -46,7 +126,7 @@ def main(argv=None) -> int:
         if spec is not None and spec.submodule_search_locations:    # a package: its __main__
             mod += ".__main__"
     else:
-        print(f"tickmesh: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
+        print(f"tickmesh: unknown command {cmd!r} (tickmesh --help lists the commands)", file=sys.stderr)
         return 2
     m = importlib.import_module(mod)
     sys.argv = [f"tickmesh {cmd}"] + rest

@@ -1,6 +1,13 @@
-"""Small network helpers shared by tests and benchmarks: free loopback port ranges."""
+"""Free loopback port ranges, for a second mesh on this machine (and for tests and benchmarks).
+
+    tickmesh netutil free-base-port     a mesh.base_port whose 20 ports are free and below the
+                                        kernel's ephemeral range (e.g. for TICKMESH_BASE_PORT)
+    tickmesh netutil free-port          one free port outside it (e.g. for metrics.port)
+"""
+import argparse
 import random
 import socket
+import sys
 
 from nodes.config import NODES, ephemeral_clash, ephemeral_range
 
@@ -36,3 +43,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     """One free port, below the ephemeral range (see free_base_port)."""
     base = free_base_port(host)
     return base + 2 * len(NODES) - 1       # the range is free; take its last port
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tickmesh netutil", description=__doc__.strip().splitlines()[0])
+    p.add_argument("what", choices=("free-base-port", "free-port"),
+                   help="free-base-port: a mesh.base_port; free-port: one port (metrics.port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to test (default 127.0.0.1)")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    try:
+        port = free_base_port(args.host) if args.what == "free-base-port" else free_port(args.host)
+    except (RuntimeError, OSError) as e:
+        print(f"tickmesh netutil: {e}", file=sys.stderr)
+        return 1
+    print(port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -73,9 +73,19 @@ def render(current: str) -> str:
 
 
 def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="tickmesh protodoc",
+                                description="Regenerate the message reference at the end of docs/protocol.md "
+                                            "from proto (the text above the generated marker is kept).")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if docs/protocol.md is out of date")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
     text = DOC.read_text()
     new = render(text)
-    if "--check" in (argv or []):
+    if args.check:
         if new != text:
             print("docs/protocol.md is out of date: run python -m tools.protodoc", file=sys.stderr)
             return 1

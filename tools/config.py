@@ -1,0 +1,126 @@
+"""Check the configuration: the whole file, environment overrides and secrets (``config check``).
+
+    tickmesh config check [--conf FILE] [--quiet]
+
+Loads the config exactly as a node does (``--conf``, else ``$TICKMESH_CONF``, else conf/mesh.toml;
+``.env``; the environment; the secrets file), builds every section and constructs every node
+without starting it, so every check a node makes at start runs here (strategy plugin parameters,
+live-trading switches, ports). On success it prints what the mesh would run with: the files read,
+every key of every section (``# from NAME`` marks an environment override) and which secrets are
+set, masked. On an error it prints one line naming the key and exits 2.
+
+Exit status: 0 valid, 2 a config error (or bad arguments). ``make up`` runs it first.
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from decimal import Decimal
+
+EXIT_OK, EXIT_CONFIG = 0, 2
+
+
+def _value(v) -> str:
+    """A value as TOML would write it (money and other decimals as exact strings)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (str, Decimal)):
+        return json.dumps(str(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k)) if not str(k).isidentifier() else k} = {_value(x)}"
+                                for k, x in v.items()) + " }" if v else "{}"
+    if v is None:
+        return '""'
+    return json.dumps(str(v))
+
+
+def _plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def render(cfg) -> str:
+    """What the mesh would run with: sources, every section's keys, secrets masked."""
+    from nodes import config
+    src = cfg.sources
+    lines = [f"# config file:  {src['config']}",
+             f"# .env:         {src['dotenv'] or 'not read (none found, or TICKMESH_DOTENV is empty)'}",
+             "# secrets file: " + (f"{src['secrets_file']}" + ("" if src["secrets_found"] else " (not found)")
+                                   if src["secrets_file"] else "none (TICKMESH_SECRETS is empty)")]
+    env = src["env_overrides"]
+    for name in config.SECTIONS:
+        section = cfg.section(name)
+        lines += ["", f"[{name}]"]
+        for key, v in _plain(section).items():
+            note = f"   # from {env[f'{name}.{key}']}" if f"{name}.{key}" in env else ""
+            lines.append(f"{key} = {_value(v)}{note}")
+    lines += ["", "[secrets]   # values never shown"]
+    names = list(config.SECRET_NAMES) + sorted(k for k in cfg.secrets if k not in config.SECRET_NAMES)
+    for k in names:
+        lines.append(f"{k} = " + ('"***"   # set' if cfg.secret(k) else '""      # not set'))
+    return "\n".join(lines)
+
+
+def check(conf=None, env=None):
+    """Load and check everything; returns the Config (raises ConfigError)."""
+    from nodes import config
+    cfg = config.load(conf, env)
+    config.check(cfg)
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tickmesh config", description=__doc__.strip().splitlines()[0],
+                                epilog="exit status: 0 valid, 2 a config error")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+    c = sub.add_parser("check", help="validate the config file, environment overrides and secrets, "
+                                     "and print what the mesh would run with (secrets masked)")
+    c.add_argument("--conf", help="config file (default: $TICKMESH_CONF or conf/mesh.toml)")
+    c.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    return p
+
+
+def main(argv=None, *, out=None, err=None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    p = build_parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_OK if e.code == 0 else EXIT_CONFIG
+    from nodes import config
+    try:
+        cfg = check(args.conf)
+    except config.ConfigError as e:
+        print(f"tickmesh config: config error: {e}", file=err)
+        return EXIT_CONFIG
+    try:
+        if not args.quiet:
+            print(render(cfg), file=out)
+            print(f"\n# ok: {cfg.path} is valid", file=out)
+        out.flush()
+    except BrokenPipeError:          # `tickmesh config check | head`
+        _quiet_stdout()
+    return EXIT_OK
+
+
+def _quiet_stdout():
+    import os
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
