@@ -285,6 +285,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = build_config(args)
+        _config.check(cfg)      # every node's own checks, before anything starts: one line, exit 2
         cpus, why = offline_cpus(cfg, args.cpus)
         old_cpus = _config.pin_cpus(cpus, "--cpus" if args.cpus else "mesh.cpu_affinity.offline") if cpus else None
     except _config.ConfigError as e:
