@@ -25,7 +25,7 @@ def live(short_tmp, ctx):
     path.write_text(f'[mesh]\ntransport = "tcp"\nbase_port = {mesh.base_port}\nstate_dir = "{mesh.state_dir}"\n'
                     f'heartbeat_s = 0.3\nrequest_timeout_ms = 2000\n'
                     '[marketdata]\nsource = "synthetic"\nsynthetic_rate_hz = 50.0\n'
-                    '[metrics]\nport = 0\n')
+                    '[metrics]\nport = 0\n[alerts]\nmode = "local"\n')   # never a real channel
     cfg = config.load(path, env={})
     nodes = [cls.from_config(cfg, context=ctx) for cls in (MarketDataNode, RiskNode, ExecutionNode, MetricsNode, AlertsNode)]
     for n in nodes:
