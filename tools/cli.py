@@ -27,6 +27,7 @@ DESCRIPTIONS = {
     "bench": "benchmarks: latency and throughput figures, one JSON report",
     "replay": "replay a store file onto the bus at a chosen speed",
     "export": "store files to CSV, or a digest of their events",
+    "report": "a run's figures and charts in one HTML page (several runs: side by side)",
     "train": "train the Q-learning strategy's table from a store file",
     "keys": "generate CurveZMQ key pairs for every node and tool (mesh.curve)",
     "fakecoinbase": "a local fake Coinbase exchange (WebSocket + REST) and its fault controls",
