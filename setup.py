@@ -22,6 +22,7 @@ setup(
         "requests>=2.31,<3",
         "PyJWT>=2.8,<3",
         "cryptography>=42",
+        "matplotlib>=3.8,<4",            # tickmesh report: charts as PNG (Agg), embedded in report.html
         "rich>=13,<16",                  # tickmesh top: the live terminal screen
     ],
     extras_require={
