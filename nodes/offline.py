@@ -282,15 +282,21 @@ def main(argv=None) -> int:
                    help="cpus of the offline process (default: mesh.cpu_affinity.offline, else one cpu)")
     p.add_argument("--quiet", action="store_true", help="no per-second progress lines")
     p.add_argument("--log-level", default=None)
+    p.add_argument("--alerts", choices=("log", "local", "live"), default="log",
+                   help="alerts.mode of this run: log (default) keeps alerts in the log, live pages the "
+                        "Slack/Teams channels of the secrets, local only channels on this machine")
     args = p.parse_args(argv)
     try:
         cfg = build_config(args)
+        cfg = cfg.replace("alerts", mode=args.alerts)   # a replay must not page production channels
         _config.check(cfg)      # every node's own checks, before anything starts: one line, exit 2
         cpus, why = offline_cpus(cfg, args.cpus)
         old_cpus = _config.pin_cpus(cpus, "--cpus" if args.cpus else "mesh.cpu_affinity.offline") if cpus else None
     except _config.ConfigError as e:
         print(f"offline: config error: {e}", file=sys.stderr)
         return 2
+    print(f"offline: alerts.mode = {args.alerts}: " + ("paging the configured Slack/Teams channels" if args.alerts ==
+          "live" else "alerts go to the log, no channel is paged (--alerts live to page)"), flush=True)
     try:
         return _run(args, cfg, cpus, why)
     finally:
