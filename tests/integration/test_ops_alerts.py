@@ -325,3 +325,39 @@ def test_its_own_unclean_death_is_alerted_by_the_next_run(tcp_mesh, ctx, sink):
         assert again.dedupe.counts["sent"] == 0 and len(sink.requests) == n
     finally:
         again.stop()
+
+
+def _offline_with_a_crashed_alerts_run(tmp, sink, *flags):
+    """``python -m nodes.offline`` on conf/mesh.toml (alerts.mode = "live" there), with a Slack webhook
+    at the local sink and the marker of an alert node that died uncleanly in its state dir: the alert
+    node raises "Process alerts exited unexpectedly" as it starts, whatever else the run does."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from nodes.config import MeshConfig
+    from tests.conftest import ROOT
+    state = tmp / "state"
+    marker = MeshConfig(state_dir=str(state)).state_path("alerts", "alerts.running")
+    marker.parent.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    marker.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started_ns": time.time_ns()}))
+    env = dict(os.environ, SLACK_WEBHOOK_URL=sink.url + "/slack/T0/B0/offline")
+    p = subprocess.run([sys.executable, "-m", "nodes.offline", "--duration", "2", "--quiet", "--state-dir", str(state),
+                        *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "ALERT process.exited.alerts [critical] Process alerts exited unexpectedly" in p.stdout, p.stdout[-2000:]
+    return p.stdout
+
+
+def test_offline_runs_page_no_channel_unless_told(tmp_path, sink):
+    out = _offline_with_a_crashed_alerts_run(tmp_path / "default", sink)
+    assert "offline: alerts.mode = log: alerts go to the log, no channel is paged (--alerts live to page)" in out
+    assert sink.requests == []
+    # told: (local rather than live, so that nothing in a developer's .env can be paged from here)
+    out = _offline_with_a_crashed_alerts_run(tmp_path / "told", sink, "--alerts", "local")
+    assert "offline: alerts.mode = local" in out
+    texts = [r.json["text"] for r in sink.on("/slack/T0/B0/offline")]
+    assert any(t.startswith("[tickmesh] CRITICAL: Process alerts exited unexpectedly") for t in texts), texts
