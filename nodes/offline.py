@@ -365,6 +365,11 @@ def _run(args, cfg, cpus, why) -> int:
         print(f"  {'reject_codes':<20} {out['reject_codes']}")
     if out["positions"]:
         print(f"  {'positions':<20} {out['positions']}")
+    from tools.report import write_run_report    # the run report: report.html in the state dir + headline figures
+    report, headline = write_run_report(cfg.mesh.state_dir)
+    out.update({k: v for k, v in headline.items() if k not in out})
+    for k, v in headline.items():
+        print(f"  {k:<20} {v}")
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(out, indent=2))
     return rc
