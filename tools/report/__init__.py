@@ -45,9 +45,14 @@ def write_report(paths, out=None, *, starting_equity=None, interval: str = None,
 
 def write_run_report(state_dir, out=None):
     """The end of an offline run: the report of ``state_dir``'s store, written into ``state_dir``.
-    Returns ``(path of report.html, headline figures)`` (``figures.headline``: money as strings)."""
-    path, run = write_report(state_dir, out)
-    return path, headline(run)
+    Returns ``(path of report.html, headline figures)`` (``figures.headline``: money as exact
+    strings, plus ``report``: the path). With nothing to report on (no store file, no event) it
+    returns ``(None, {"report": None, "report_error": why})`` instead of raising."""
+    try:
+        path, run = write_report(state_dir, out)
+    except ReportError as e:
+        return None, {"report": None, "report_error": str(e)}
+    return path, {**headline(run), "report": str(path)}
 
 
 def write_comparison(runs_paths, out, *, labels=None, starting_equity=None, interval: str = None):

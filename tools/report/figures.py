@@ -680,14 +680,30 @@ def _flat(ledgers, strategy) -> bool:
     return all(lg.qty == 0 for (s, _), lg in ledgers.items() if s == strategy)
 
 
+def _sig(x, scale=1.0):
+    return None if x is None else float(f"{x * scale:.6g}")
+
+
+def exact(d) -> str:
+    """A Decimal as its exact plain string, without trailing zeros (``0.84436280000`` -> ``0.8443628``)."""
+    return format(d.normalize(), "f") if d else "0"
+
+
 def headline(run) -> dict:
-    """The figures a trader reads first (money as exact strings), for the offline summary."""
+    """The figures a trader reads first, JSON-ready (money as exact strings, ratios to 6 digits):
+    what offline mode adds to its summary."""
     f = run.total.figures(run)
     return {
-        "return": f["return"], "sharpe": f["sharpe"], "sortino": f["sortino"],
-        "sharpe_interval": run.interval_name,
-        "max_drawdown": str(f["max_drawdown"]), "max_drawdown_pct": f["max_drawdown_pct"],
-        "win_rate": f["win_rate"], "trades": f["trades"], "open_trades": f["open_trades"],
-        "fees": str(f["fees"]), "net_pnl": str(f["net_pnl"]),
-        "starting_equity": str(run.start_equity),
+        "net_pnl": exact(f["net_pnl"]),
+        "return_pct": _sig(f["return"], 100),
+        "sharpe": _sig(f["sharpe"]),
+        "sortino": _sig(f["sortino"]),
+        "sharpe_interval": f"{run.interval_name} returns, 365-day year",
+        "max_drawdown": exact(f["max_drawdown"]),
+        "max_drawdown_pct": _sig(f["max_drawdown_pct"], 100),
+        "win_rate_pct": _sig(f["win_rate"], 100),
+        "closed_trades": f["trades"],
+        "open_trades": f["open_trades"],
+        "fees": exact(f["fees"]),
+        "starting_equity": exact(run.start_equity),
     }
