@@ -6,18 +6,31 @@ one decoded event; ``refresh(now_ns)`` recomputes the time-derived gauges (node 
 (``nodes.metrics.node``) only binds this to the bus and to an HTTP server.
 
 Naming follows the Prometheus conventions: a ``tickmesh_`` prefix, ``_total`` for counters,
-``_seconds`` for durations, money in the quote currency (``_quote``), sizes in base units.
+``_seconds`` for durations, money in the quote currency (``_quote``), sizes in base units. The
+process metrics of prometheus_client's own collectors keep their standard names (``process_*``,
+``python_gc_*``, ``python_info``) for the metrics process itself; the other nodes of this host get
+the same process metrics as ``tickmesh_node_process_*{node}``, read from /proc by the pid of their
+heartbeat. No ``_created`` series (``disable_created_metrics``): they double the series count and
+no dashboard or rule reads them.
 """
+import os
+import platform
+import socket
 import threading
 import time
 from collections import OrderedDict
 from decimal import Decimal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+import zmq
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
+                               ProcessCollector)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import proto
 from proto import topics
+
+prometheus_client.disable_created_metrics()
 
 OPEN_STATUSES = frozenset({"NEW", "ACCEPTED", "PARTIALLY_FILLED"})
 TERMINAL_STATUSES = frozenset({"FILLED", "CANCELLED", "REJECTED"})
@@ -25,14 +38,29 @@ TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
 
 # Heartbeat counters re-exported per node as counters (name in the heartbeat -> metric suffix).
 _HB_COUNTERS = {
-    "published": ("events_published_total", "Events a node published"),
-    "received": ("events_received_total", "Events a node received"),
-    "malformed": ("malformed_frames_total", "Malformed frames a node dropped"),
-    "handler_errors": ("handler_errors_total", "Handler exceptions a node caught"),
-    "requests": ("requests_total", "Requests a node answered"),
-    "request_errors": ("request_errors_total", "Requests that ended in an error reply"),
-    "restarts_seen": ("publisher_restarts_seen_total", "Publisher restarts a node noticed"),
+    "published": ("events_published_total", "Events the node published on its PUB socket since it started"),
+    "received": ("events_received_total", "Events the node received and decoded on its SUB socket since it started"),
+    "malformed": ("malformed_frames_total", "Frames the node dropped as undecodable (bus and requests)"),
+    "handler_errors": ("handler_errors_total", "Exceptions the node's event and request handlers raised (caught)"),
+    "requests": ("requests_total", "Requests the node answered, errors included"),
+    "request_errors": ("request_errors_total", "Requests the node answered with an error reply"),
+    "restarts_seen": ("publisher_restarts_seen_total", "Times the node saw a publisher restart (its sequence reset)"),
 }
+# A heartbeat counter that is a gauge: execution's view of the age of the latest risk state it holds,
+# in integer ms (-1 or absent: no state received yet, and then no sample is exported).
+RISK_STATE_AGE_KEY = "risk_state_age_ms"
+
+
+def build_labels() -> dict:
+    """Labels of tickmesh_build_info: what runs, for a dashboard or an incident note."""
+    try:
+        from importlib.metadata import version
+        ver = version("tickmesh")
+    except Exception:  # noqa: BLE001 - a checkout run without `pip install -e .`
+        ver = "unknown (not installed)"
+    from proto import codec
+    return {"version": ver, "python": platform.python_version(), "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(), "codec": "c" if codec.SPEEDUPS else "python"}
 
 
 def _f(d: Decimal) -> float:
@@ -61,6 +89,9 @@ class _HeartbeatCollector:
                                    labels=["node"])
         gaps = CounterMetricFamily("tickmesh_bus_gaps", "Events a node missed from a publisher (sequence gaps)",
                                    labels=["node", "publisher"])
+        risk_age = GaugeMetricFamily("tickmesh_risk_state_age_seconds",
+                                     "Age of the latest risk state the node holds, as of its last heartbeat "
+                                     "(no sample until it has received one)", labels=["node"])
         fams = {k: CounterMetricFamily("tickmesh_node_" + v[0][:-len("_total")], v[1], labels=["node"])
                 for k, v in _HB_COUNTERS.items()}
         for node, (seen_ns, hb) in sorted(beats.items()):
@@ -73,6 +104,9 @@ class _HeartbeatCollector:
                     gaps.add_metric([node, k[len("bus_gaps."):]], float(v))
                 elif k in fams:
                     fams[k].add_metric([node], float(v))
+            age_ms = hb.counters.get(RISK_STATE_AGE_KEY)
+            if type(age_ms) is int and age_ms >= 0:
+                risk_age.add_metric([node], age_ms / 1000)
         if own is not None:             # the hosting node does not hear its own heartbeats
             node, uptime_s, counters, bus_gaps = own
             if node not in beats:
@@ -87,12 +121,42 @@ class _HeartbeatCollector:
         yield age
         yield uptime
         yield gaps
+        yield risk_age
+        yield from fams.values()
+
+
+class _NodeProcessCollector:
+    """prometheus_client's ProcessCollector for every other node process of this host (the pid and
+    host of its last heartbeat), relabelled ``tickmesh_node_process_*{node}``. Nodes running in the
+    metrics process itself (offline mode, tests) are its own ``process_*`` metrics."""
+
+    def __init__(self, owner: "MeshMetrics"):
+        self._o = owner
+        self._host = socket.gethostname()
+
+    def collect(self):
+        with self._o._lock:
+            beats = {n: hb for n, (_, hb) in self._o._beats.items()}
+        fams = {}
+        me = os.getpid()
+        for node, hb in sorted(beats.items()):
+            if hb.host != self._host or hb.pid <= 0 or hb.pid == me or hb.state == "STOPPED":
+                continue
+            for fam in ProcessCollector(pid=lambda pid=hb.pid: pid, registry=None).collect():
+                out = fams.get(fam.name)
+                if out is None:
+                    cls = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
+                    name = "tickmesh_node_" + fam.name
+                    out = fams[fam.name] = cls(name, fam.documentation + " (of the node's process)",
+                                               labels=["node"])
+                for smp in fam.samples:
+                    out.add_metric([node], smp.value)
         yield from fams.values()
 
 
 class MeshMetrics:
     def __init__(self, registry: CollectorRegistry = None, *, node_timeout_s: float = 3.0,
-                 roundtrip_buckets=None, tick_to_trade_buckets=None, own_counters=None):
+                 roundtrip_buckets=None, tick_to_trade_buckets=None, own_counters=None, process_metrics=True):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.node_timeout_ns = int(node_timeout_s * 1e9)
         self._own_counters = own_counters   # () -> (node, uptime_s, counters, bus_gaps) of the host node
@@ -104,6 +168,14 @@ class MeshMetrics:
         self.counts = {"events": 0}
         r = self.registry
         p = "tickmesh_"
+        # the metrics process itself and the build
+        if process_metrics:
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+            PlatformCollector(registry=r)
+            r.register(_NodeProcessCollector(self))
+        self.build = Info(p + "build", "The tickmesh build serving these metrics (value always 1)", registry=r)
+        self.build.info(build_labels())
         # positions and exposure
         self.position = Gauge(p + "position_base", "Signed position in base units", ["product"], registry=r)
         self.exposure = Gauge(p + "exposure_quote", "Absolute exposure |qty| * mark in quote currency",
@@ -120,9 +192,11 @@ class MeshMetrics:
         # orders
         self.open_orders = Gauge(p + "open_orders", "Working orders (NEW, ACCEPTED, PARTIALLY_FILLED)",
                                  ["product"], registry=r)
-        self.orders = Counter(p + "orders", "Order events by status", ["status", "product"], registry=r)
-        self.fills = Counter(p + "fills", "Fills", ["product", "side", "liquidity"], registry=r)
-        self.filled_base = Counter(p + "filled_base", "Filled size in base units", ["product", "side"],
+        self.orders = Counter(p + "orders", "Order events (order.*) by status: every update, not distinct orders",
+                              ["status", "product"], registry=r)
+        self.fills = Counter(p + "fills", "Fills execution published (fill.*)", ["product", "side", "liquidity"],
+                             registry=r)
+        self.filled_base = Counter(p + "filled_base", "Size filled, base units, summed over fills", ["product", "side"],
                                    registry=r)
         self.roundtrip = Histogram(p + "order_roundtrip_seconds", "Order created -> terminal state",
                                    ["status"], buckets=roundtrip_buckets or Histogram.DEFAULT_BUCKETS,
@@ -134,11 +208,20 @@ class MeshMetrics:
         self.trading_state = Gauge(p + "trading_state", "1 for the current trading state", ["state"], registry=r)
         for s in TRADING_STATES:
             self.trading_state.labels(s).set(0)
-        self.decisions = Counter(p + "risk_decisions", "Risk decisions", ["result"], registry=r)
-        self.denials = Counter(p + "risk_denials", "Risk denials by reason code", ["code"], registry=r)
+        self.decisions = Counter(p + "risk_decisions", "Pre-trade risk decisions published (approved or denied)",
+                                 ["result"], registry=r)
+        self.denials = Counter(p + "risk_denials", "Pre-trade risk denials by reason code", ["code"], registry=r)
         self.risk_compute = Histogram(p + "risk_decision_seconds", "Risk check compute time",
                                       buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
                                       registry=r)
+        self.band = Gauge(p + "risk_band_quote", "Risk's volatility band per product: kind low/high are its "
+                          "bounds, mid the mid price they are around (no sample until the band is ready)",
+                          ["product", "kind"], registry=r)
+        self.volatility = Gauge(p + "risk_volatility_ratio", "Risk's volatility of log returns per product: "
+                                "kind stddev (rolling) or ewma (sqrt of the EWMA variance)", ["product", "kind"],
+                                registry=r)
+        self.atr = Gauge(p + "risk_atr_quote", "Risk's Wilder average true range per product, price units",
+                         ["product"], registry=r)
         # pnl
         self.realized = Gauge(p + "pnl_realized_quote", "Realised PnL (fees included)", registry=r)
         self.unrealized = Gauge(p + "pnl_unrealized_quote", "Unrealised PnL marked to mid", registry=r)
@@ -146,29 +229,37 @@ class MeshMetrics:
         self.equity = Gauge(p + "equity_quote", "Starting equity + realised + unrealised", registry=r)
         self.fees = Gauge(p + "fees_quote", "Fees paid", registry=r)
         # market data
-        self.ticks = Counter(p + "ticks", "Ticks received", ["product"], registry=r)
-        self.trades = Counter(p + "trades", "Market trades received", ["product"], registry=r)
+        self.ticks = Counter(p + "ticks", "Ticks (md.tick.*) the metrics node received", ["product"], registry=r)
+        self.trades = Counter(p + "trades", "Market trades (md.trade.*) the metrics node received", ["product"],
+                              registry=r)
         self.last_price = Gauge(p + "last_price_quote", "Last tick price", ["product"], registry=r)
         self.feed_healthy = Gauge(p + "feed_healthy", "1 while the product's feed is healthy", ["product"],
                                   registry=r)
-        self.feed_age = Gauge(p + "feed_last_message_age_seconds", "Age of the last feed message",
-                              ["product"], registry=r)
-        self.feed_gaps = Counter(p + "feed_gaps", "Exchange sequence gaps", ["product"], registry=r)
-        self.feed_stale = Counter(p + "feed_stale", "Feed stale events", ["product"], registry=r)
-        self.feed_reconnects = Counter(p + "feed_reconnects", "Feed recovered from DISCONNECTED",
-                                       ["product"], registry=r)
+        self.feed_age = Gauge(p + "feed_last_message_age_seconds", "Age of the product's last feed message at its "
+                              "last md.status (no sample before the first message)", ["product"], registry=r)
+        self.feed_gaps = Counter(p + "feed_gaps", "Exchange sequence gaps (md.gap) touching the product", ["product"],
+                                 registry=r)
+        self.feed_stale = Counter(p + "feed_stale", "Stale-connection events (md.stale) touching the product",
+                                  ["product"], registry=r)
+        self.feed_reconnects = Counter(p + "feed_reconnects", "Times the product's feed left DISCONNECTED "
+                                       "(reconnections)", ["product"], registry=r)
         # operations
-        self.process_events = Counter(p + "process_events", "supervisord process state changes",
-                                      ["program", "state"], registry=r)
-        self.alerts = Counter(p + "alerts", "Alerts sent", ["kind", "severity", "resolved"], registry=r)
-        self.malformed = Counter(p + "metrics_unknown_events", "Events the metrics node did not map",
-                                 ["type"], registry=r)
+        self.process_events = Counter(p + "process_events", "supervisord process state changes (node.process) "
+                                      "by program and new state", ["program", "state"], registry=r)
+        self.alerts = Counter(p + "alerts", "Alerts the alert node raised (firing or resolved, after dedupe), "
+                              "whether or not a channel took them: see tickmesh_alert_deliveries_total",
+                              ["kind", "severity", "resolved"], registry=r)
+        self.deliveries = Counter(p + "alert_deliveries", "Alerts delivered, by channel (slack, teams; log: "
+                                  "no channel took it)", ["channel"], registry=r)
+        self.malformed = Counter(p + "metrics_unknown_events", "Events the metrics node received but has no "
+                                 "metric for, by type", ["type"], registry=r)
         r.register(_HeartbeatCollector(self))
         self._handlers = {
             proto.Tick: self._tick, proto.Trade: self._trade, proto.FeedStatus: self._feed_status,
             proto.FeedGap: self._feed_gap, proto.FeedStale: self._feed_stale_ev,
             proto.Order: self._order, proto.Fill: self._fill, proto.Position: self._position,
             proto.PnL: self._pnl, proto.RiskDecision: self._decision, proto.RiskState: self._risk_state,
+            proto.RiskBand: self._band,
             proto.KillSwitch: self._killswitch, proto.RiskExposure: self._exposure,
             proto.Heartbeat: self._heartbeat, proto.ProcessEvent: self._process,
             proto.AlertEvent: self._alert,
@@ -202,7 +293,13 @@ class MeshMetrics:
         prev = self._feed_state.get(m.product)
         self._feed_state[m.product] = m.state
         self.feed_healthy.labels(m.product).set(1 if m.healthy else 0)
-        self.feed_age.labels(m.product).set(m.last_msg_age_s)
+        if m.last_msg_age_s >= 0:
+            self.feed_age.labels(m.product).set(m.last_msg_age_s)
+        else:                           # marketdata's -1: no message yet, not an age
+            try:
+                self.feed_age.remove(m.product)
+            except KeyError:
+                pass
         if prev == "DISCONNECTED" and m.state != "DISCONNECTED":
             self.feed_reconnects.labels(m.product).inc()
 
@@ -284,6 +381,21 @@ class MeshMetrics:
         for st in set(TRADING_STATES) | {s}:
             self.trading_state.labels(st).set(1 if st == s else 0)
 
+    def _band(self, env):
+        b = env.msg
+        ready = b.band_high > 0 and b.band_low > 0      # risk sends zeros while the band is not ready
+        for kind, v in (("low", b.band_low), ("mid", b.mid), ("high", b.band_high)):
+            if ready:
+                self.band.labels(b.product, kind).set(_f(v))
+            else:
+                try:
+                    self.band.remove(b.product, kind)
+                except KeyError:
+                    pass
+        self.volatility.labels(b.product, "stddev").set(b.stddev)
+        self.volatility.labels(b.product, "ewma").set(b.ewma)
+        self.atr.labels(b.product).set(b.atr)
+
     def _killswitch(self, env):
         self.killswitch.set(1 if env.msg.engaged else 0)
 
@@ -310,6 +422,8 @@ class MeshMetrics:
         a = env.msg
         kind = env.topic[len(topics.ALERT):] if env.topic.startswith(topics.ALERT) else "other"
         self.alerts.labels(kind, a.severity, "true" if a.resolved else "false").inc()
+        for ch in a.channels or ["log"]:
+            self.deliveries.labels(str(ch)).inc()
 
     # --- views ------------------------------------------------------------------------------------------
     def nodes_up(self, now_ns: int = None) -> dict:

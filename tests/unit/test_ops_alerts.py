@@ -226,7 +226,8 @@ def test_feed_rules_grace_and_no_placeholder_age(rules):
 
 
 def test_process_rules(rules):
-    pe = lambda state, expected=False, pid=99: env(proto.ProcessEvent("execution", "tickmesh", state, pid, expected, "x"))  # noqa: E731
+    def pe(state, expected=False, pid=99):
+        return env(proto.ProcessEvent("execution", "tickmesh", state, pid, expected, "x"))
     [a] = rules.on_event(pe("EXITED"), 0)
     assert a.key == "process.exited.execution" and a.kind == "process"
     assert "saw execution (pid 99) exit: x." in a.text

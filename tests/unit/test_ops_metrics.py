@@ -50,7 +50,9 @@ def test_market_data_counters(m):
 def test_feed_reconnect_is_disconnected_then_ok(m):
     fs = lambda state, ok: env(proto.FeedStatus("BTC-USD", ok, state, "", 0.5))  # noqa: E731
     m.handle(fs("OK", True))
-    m.handle(fs("DISCONNECTED", False))
+    assert val(m, "tickmesh_feed_last_message_age_seconds", product="BTC-USD") == 0.5
+    m.handle(env(proto.FeedStatus("BTC-USD", False, "DISCONNECTED", "restarted", -1.0)))
+    assert val(m, "tickmesh_feed_last_message_age_seconds", product="BTC-USD") is None   # -1 is no age
     assert val(m, "tickmesh_feed_healthy", product="BTC-USD") == 0
     m.handle(fs("DISCONNECTED", False))
     m.handle(fs("OK", True))
@@ -139,17 +141,104 @@ def test_process_alert_and_unknown_events(m):
     assert val(m, "tickmesh_metrics_unknown_events_total", type="Query") == 1
 
 
+STANDARD = ("process_", "python_gc_", "python_info")     # prometheus_client's own collectors, standard names
+
+
 def test_names_follow_prometheus_conventions(m):
     m.handle(env(proto.Heartbeat("risk", 7, "RUNNING", 1, 1.0, {"bus_gaps.x": 1, "published": 1}, "h")))
     text = generate_latest(m.registry).decode()
     fams = list(text_string_to_metric_families(text))
     assert len(fams) > 30
     for f in fams:
-        assert f.name.startswith("tickmesh_"), f.name
+        assert f.name.startswith(("tickmesh_",) + STANDARD), f.name
         if f.type == "counter":
-            assert all(s.name.endswith(("_total", "_created")) for s in f.samples), f.name
+            assert all(s.name.endswith("_total") for s in f.samples), f.name
         if f.type == "histogram":
             assert f.name.endswith("_seconds"), f.name
+        assert f.documentation, f.name
+    assert "_created" not in text                           # disable_created_metrics()
+
+
+def test_process_gc_platform_and_build_info(m):
+    import os
+    import platform
+    text = generate_latest(m.registry).decode()
+    s = {x.name: x for f in text_string_to_metric_families(text) for x in f.samples}
+    assert s["process_resident_memory_bytes"].value > 1e6
+    assert s["process_open_fds"].value >= 3 and s["process_cpu_seconds_total"].value > 0
+    assert any(n.startswith("python_gc_collections_total") for n in s)
+    assert s["python_info"].labels["version"] == platform.python_version()
+    b = s["tickmesh_build_info"]
+    assert b.value == 1 and b.labels["version"] == "0.1.0" and b.labels["python"] == platform.python_version()
+    assert set(b.labels) == {"version", "python", "pyzmq", "libzmq", "codec"}
+    quiet = MeshMetrics(CollectorRegistry(), process_metrics=False)
+    assert quiet.registry.get_sample_value("process_open_fds") is None
+    assert os.getpid() > 0
+
+
+def test_other_node_processes_of_this_host_by_their_heartbeat_pid(m):
+    import os
+    import socket
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        host = socket.gethostname()
+        m.handle(env(proto.Heartbeat("execution", child.pid, "RUNNING", 1, 1.0, {}, host)))
+        m.handle(env(proto.Heartbeat("risk", 4242, "RUNNING", 1, 1.0, {}, "another-host")))
+        m.handle(env(proto.Heartbeat("strategy", os.getpid(), "RUNNING", 1, 1.0, {}, host)))   # in-process
+        rss = val(m, "tickmesh_node_process_resident_memory_bytes", node="execution")
+        assert rss > 1e6 and rss != val(m, "process_resident_memory_bytes")
+        assert val(m, "tickmesh_node_process_open_fds", node="execution") >= 3
+        assert val(m, "tickmesh_node_process_cpu_seconds_total", node="execution") >= 0
+        assert val(m, "tickmesh_node_process_resident_memory_bytes", node="risk") is None
+        assert val(m, "tickmesh_node_process_resident_memory_bytes", node="strategy") is None
+    finally:
+        child.kill()
+        child.wait(5)
+    assert val(m, "tickmesh_node_process_resident_memory_bytes", node="execution") is None    # gone
+
+
+def test_risk_state_age_from_executions_heartbeat_only_when_known(m):
+    beat = lambda counters: env(proto.Heartbeat("execution", 7, "RUNNING", 1, 1.0, counters, "h"))  # noqa: E731
+    m.handle(beat({"published": 3}))                                   # key absent: no sample
+    assert val(m, "tickmesh_risk_state_age_seconds", node="execution") is None
+    m.handle(beat({"risk_state_age_ms": -1}))                          # no state received yet
+    assert val(m, "tickmesh_risk_state_age_seconds", node="execution") is None
+    m.handle(beat({"risk_state_age_ms": 1250}))
+    assert val(m, "tickmesh_risk_state_age_seconds", node="execution") == 1.25
+    m.handle(beat({}))                                                  # gone again: nothing invented
+    assert val(m, "tickmesh_risk_state_age_seconds", node="execution") is None
+
+
+def test_volatility_bands_per_product_and_kind(m):
+    def band(product, low, mid, high, sd=0.001, ew=0.002, atr=12.5):
+        return env(proto.RiskBand(product, D(mid), D(mid), sd, ew, atr, D(low), D(high), "atr"),
+                   "risk.band." + product, source="risk")
+    m.handle(band("BTC-USD", "0", "65000", "0", sd=0.0, ew=0.0, atr=0.0))      # not ready: zeros
+    assert val(m, "tickmesh_risk_band_quote", product="BTC-USD", kind="low") is None
+    m.handle(band("BTC-USD", "64900.5", "65000", "65099.5"))
+    m.handle(band("ETH-USD", "3180", "3191", "3202", atr=3.0))
+    assert val(m, "tickmesh_risk_band_quote", product="BTC-USD", kind="low") == 64900.5
+    assert val(m, "tickmesh_risk_band_quote", product="BTC-USD", kind="mid") == 65000
+    assert val(m, "tickmesh_risk_band_quote", product="BTC-USD", kind="high") == 65099.5
+    assert val(m, "tickmesh_risk_band_quote", product="ETH-USD", kind="high") == 3202
+    assert val(m, "tickmesh_risk_volatility_ratio", product="BTC-USD", kind="ewma") == 0.002
+    assert val(m, "tickmesh_risk_atr_quote", product="ETH-USD") == 3.0
+    assert val(m, "tickmesh_metrics_unknown_events_total", type="RiskBand") is None
+    m.handle(band("BTC-USD", "0", "65000", "0"))                               # not ready again (restart)
+    assert val(m, "tickmesh_risk_band_quote", product="BTC-USD", kind="high") is None
+
+
+def test_help_says_what_is_counted(m):
+    helps = {f.name: f.documentation for f in m.registry.collect()}
+    assert helps["tickmesh_alerts"].startswith("Alerts the alert node raised")
+    assert "whether or not a channel took them" in helps["tickmesh_alerts"]
+    m.handle(env(proto.AlertEvent("feed", "warning", "t", "x", False, ["log"]), "alert.feed"))
+    m.handle(env(proto.AlertEvent("killswitch", "critical", "t", "x", False, ["slack", "teams"]), "alert.killswitch"))
+    assert val(m, "tickmesh_alert_deliveries_total", channel="log") == 1
+    assert val(m, "tickmesh_alert_deliveries_total", channel="teams") == 1
+    assert val(m, "tickmesh_alerts_total", kind="feed", severity="warning", resolved="false") == 1
 
 
 def test_two_instances_coexist():
@@ -177,8 +266,20 @@ def test_metrics_port_inside_the_mesh_tcp_ports_is_refused_naming_the_key():
 
 
 def _exposed_names(m) -> set:
+    import socket
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:      # a node process of this host, for the tickmesh_node_process_* families
+        m.handle(env(proto.Heartbeat("execution", child.pid, "RUNNING", 1, 1.0, {"risk_state_age_ms": 5},
+                                     socket.gethostname())))
+        m.handle(env(proto.RiskBand("BTC-USD", D("1"), D("1"), 0.1, 0.1, 0.1, D("0.9"), D("1.1"), "atr")))
+        fams = list(m.registry.collect())
+    finally:
+        child.kill()
+        child.wait(5)
     names = set()
-    for fam in m.registry.collect():
+    for fam in fams:
         if fam.type == "counter":
             names.add(fam.name + "_total")
         elif fam.type == "histogram":
