@@ -18,6 +18,8 @@ Conventions (also stated in the report and in docs/strategies.md):
   before any fill (its equity, which includes earlier sessions' PnL and open positions); the
   invariant ``equity - realized - unrealized`` of any ``pnl`` event (execution.starting_equity of the
   run); ``execution.starting_equity`` of the loaded config (``TICKMESH_CONF`` or conf/mesh.toml).
+* **Means** of money (expectancy, average win, average loss) are exact up to 10 decimals, else
+  rounded half-even to 10 decimals.
 * **Trades** are round trips of one strategy in one product: from flat to flat (a fill that flips
   the position closes one trade and opens the next; its fee is split pro rata). A trade's PnL is
   its cash flow, fees included. A position open at the end is an open trade: counted apart, its
@@ -49,6 +51,7 @@ ZERO = Decimal(0)
 CTX = Context(prec=60, rounding=ROUND_HALF_EVEN)    # wide: sums of many exact products stay exact
 INTERVALS = ((86_400, "1 day"), (3_600, "1 hour"), (300, "5 minutes"), (60, "1 minute"), (1, "1 second"))
 MIN_RETURNS = 30
+AVG_QUANTUM = Decimal("1e-10")
 MARKET_TYPES = frozenset({"Tick", "Trade", "Book"})
 OPENING = "(opening)"       # the strategy of a position the recording started with
 UNKNOWN = "(unknown)"       # a fill whose order names no strategy
@@ -169,6 +172,16 @@ class Ledger:
             tr.fills += 1
             tr.notional += size * price
         return done
+
+
+def mean_money(total: Decimal, n: int):
+    """``total / n``: exact when it has at most 10 decimals, else rounded half-even to 10 (a mean
+    is the one money figure that is a division); None for n = 0."""
+    if not n:
+        return None
+    with localcontext(CTX):
+        q = total / n
+    return q if q.as_tuple().exponent >= -10 else q.quantize(AVG_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 # --- the figures of one view (the run, a strategy, a product) -------------------------------------
@@ -310,9 +323,9 @@ class Track:
                 "losses": len(losses),
                 "win_rate": len(wins) / len(closed) if closed else None,
                 "profit_factor": float(sum_w / -sum_l) if losses else None,
-                "expectancy": closed_pnl / len(closed) if closed else None,
-                "avg_win": sum_w / len(wins) if wins else None,
-                "avg_loss": sum_l / len(losses) if losses else None,
+                "expectancy": mean_money(closed_pnl, len(closed)),
+                "avg_win": mean_money(sum_w, len(wins)),
+                "avg_loss": mean_money(sum_l, len(losses)),
                 "turnover": self.turnover,
                 "turnover_x": float(self.turnover / s0) if s0 else None,
                 "time_in_market_s": self.open_ns / NS,
@@ -406,9 +419,8 @@ def _config_equity():
     except Exception as e:   # noqa: BLE001 - any failure here only means no config to fall back on
         raise ReportError(f"no pnl event in the store and no config to read execution.starting_equity from ({e}); "
                           "give --starting-equity") from None
-    return (Decimal(cfg.execution.starting_equity),
-            "execution.starting_equity of the loaded config (TICKMESH_CONF or conf/mesh.toml): "
-            "the store holds no pnl event")
+    return (Decimal(cfg.section("execution").starting_equity),
+            f"execution.starting_equity of {cfg.path} (the store holds no pnl event)")
 
 
 def _strategy_of_coid(coid: str) -> str:
