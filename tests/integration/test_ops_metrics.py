@@ -16,6 +16,7 @@ from nodes.metrics.config import MetricsConfig
 from nodes.runtime import Node
 from proto import topics
 from tests.conftest import ROOT, free_port, make_mesh, wait_until
+from tests.unit.test_ops_rules import require_binary
 
 D = Decimal
 
@@ -132,9 +133,7 @@ def _get_json(url, timeout=2.0):
 
 
 def test_real_prometheus_scrapes_and_answers_a_query(short_tmp, ctx):
-    exe = shutil.which("prometheus")
-    if exe is None:
-        pytest.skip("Debian's prometheus is not installed (.ci/run installs it: apt-get install prometheus)")
+    exe = require_binary("prometheus")             # a skip on a laptop without it, a failure in CI
     mesh = make_mesh("tcp", short_tmp)
     m = MetricsNode(mesh, MetricsConfig(port=0), context=ctx).start()
     risk = Source(mesh, "risk", context=ctx).start()
@@ -143,8 +142,10 @@ def test_real_prometheus_scrapes_and_answers_a_query(short_tmp, ctx):
     shipped = (ROOT / "conf" / "prometheus.yml").read_text()
     assert "127.0.0.1:9464" in shipped and "scrape_interval: 5s" in shipped
     cfg = short_tmp / "prometheus.yml"
-    cfg.write_text(shipped.replace("127.0.0.1:9464", f"127.0.0.1:{m.port}")
-                   .replace("scrape_interval: 5s", "scrape_interval: 1s").replace("scrape_timeout: 4s", "scrape_timeout: 1s"))
+    cfg.write_text(shipped.replace("127.0.0.1:9464", f"127.0.0.1:{m.port}").replace("evaluation_interval: 5s",
+                   "evaluation_interval: 1s").replace("scrape_interval: 5s", "scrape_interval: 1s")
+                   .replace("scrape_timeout: 4s", "scrape_timeout: 1s"))
+    shutil.copy(ROOT / "conf" / "prometheus-rules.yml", short_tmp / "prometheus-rules.yml")   # its rule_files
     proc = subprocess.Popen([exe, f"--config.file={cfg}", f"--storage.tsdb.path={short_tmp / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{web}", "--log.level=warn"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -168,6 +169,18 @@ def test_real_prometheus_scrapes_and_answers_a_query(short_tmp, ctx):
         assert labels["job"] == "tickmesh" and labels["instance"] == "tickmesh-local"
         up = _get_json(f"http://127.0.0.1:{web}/api/v1/query?query=up")
         assert up["data"]["result"][0]["value"][1] == "1"
+        # the shipped rules are loaded and evaluated: the kill switch alert fires (no `for`)
+
+        def firing():
+            alerts = _get_json(f"http://127.0.0.1:{web}/api/v1/alerts")["data"]["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "TickmeshKillSwitchEngaged"
+                    and a["state"] == "firing"]
+        wait_until(firing, 30, interval=0.25, what="TickmeshKillSwitchEngaged firing in Prometheus")
+        [alert] = firing()
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["annotations"]["summary"] == "Kill switch engaged: trading halted"
+        groups = _get_json(f"http://127.0.0.1:{web}/api/v1/rules")["data"]["groups"]
+        assert {r["name"] for g in groups for r in g["rules"]} >= {"TickmeshNodeDown", "TickmeshScrapeFailing"}
     finally:
         proc.terminate()
         try:

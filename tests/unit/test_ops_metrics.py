@@ -181,8 +181,10 @@ def test_other_node_processes_of_this_host_by_their_heartbeat_pid(m):
     import socket
     import subprocess
     import sys
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "ready\n"         # its interpreter is up: a real RSS
         host = socket.gethostname()
         m.handle(env(proto.Heartbeat("execution", child.pid, "RUNNING", 1, 1.0, {}, host)))
         m.handle(env(proto.Heartbeat("risk", 4242, "RUNNING", 1, 1.0, {}, "another-host")))
@@ -196,6 +198,7 @@ def test_other_node_processes_of_this_host_by_their_heartbeat_pid(m):
     finally:
         child.kill()
         child.wait(5)
+        child.stdout.close()
     assert val(m, "tickmesh_node_process_resident_memory_bytes", node="execution") is None    # gone
 
 
@@ -298,6 +301,7 @@ def test_dashboard_and_prometheus_conf_use_only_exposed_metrics(m):
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     assert len(exprs) > 20
     used = {n for e in exprs for n in re.findall(r"tickmesh_[a-z_]+", e)}
-    used |= set(re.findall(r"tickmesh_[a-z_]+", (ROOT / "conf" / "prometheus.yml").read_text()))
+    for f in ("prometheus.yml", "prometheus-rules.yml"):
+        used |= set(re.findall(r"tickmesh_[a-z_]+", (ROOT / "conf" / f).read_text()))
     assert used and used <= exposed, sorted(used - exposed)
     assert {p["gridPos"]["y"] for p in dash["panels"]}            # laid out
