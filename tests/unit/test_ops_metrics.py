@@ -287,6 +287,8 @@ def _exposed_names(m) -> set:
             names.add(fam.name + "_total")
         elif fam.type == "histogram":
             names.update(fam.name + s for s in ("_bucket", "_sum", "_count"))
+        elif fam.type == "info":
+            names.add(fam.name + "_info")
         else:
             names.add(fam.name)
     return names
@@ -305,3 +307,18 @@ def test_dashboard_and_prometheus_conf_use_only_exposed_metrics(m):
         used |= set(re.findall(r"tickmesh_[a-z_]+", (ROOT / "conf" / f).read_text()))
     assert used and used <= exposed, sorted(used - exposed)
     assert {p["gridPos"]["y"] for p in dash["panels"]}            # laid out
+    # the product variable drives the per-product panels; the bands have their own repeated panel
+    [var] = dash["templating"]["list"]
+    assert var["name"] == "product" and var["multi"] and var["includeAll"]
+    assert re.search(r"label_values\(tickmesh_[a-z_]+, product\)", var["query"]["query"])
+    per_product = [e for e in exprs if re.search(r"tickmesh_(last_price|position|exposure|ticks|feed_healthy)"
+                                                 r"(_quote|_base|_total)?\b(?!_)", e)]
+    assert per_product and all('product=~"$product"' in e for e in per_product), per_product
+    bands = [p for p in dash["panels"] if any("tickmesh_risk_band_quote" in t["expr"] for t in p.get("targets", []))]
+    assert any(p.get("repeat") == "product" for p in bands)
+    kinds = {k for p in bands for t in p["targets"] for k in re.findall(r'kind="(\w+)"', t["expr"])}
+    assert kinds == {"low", "mid", "high"}
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    boxes = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dash["panels"]]
+    assert len(boxes) == len(set(boxes))                          # no two panels on the same spot
