@@ -1,9 +1,22 @@
 """``[strategy]``: the strategy node and its plugins."""
 import dataclasses
+import difflib
+import logging
 import typing
 from decimal import Decimal
 
 from nodes.config import ConfigError
+
+_log = logging.getLogger("tickmesh.strategy")
+
+
+def plugin_alias(entry: str) -> str:
+    """The name a ``strategy.plugins`` entry runs under (its params table, its orders' strategy tag):
+    ``alias=spec`` -> alias; ``pkg.mod:Class`` -> ``class``; a built-in -> itself."""
+    alias, eq, spec = entry.partition("=")
+    if not eq:
+        alias = entry.replace(":", ".").rpartition(".")[2].lower()
+    return alias.strip()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,3 +52,17 @@ class StrategyConfig:
         for name, table in self.params.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"strategy.params.{name}: expected a table")
+        # a table for a plugin that is not enabled is kept in the file but ignored (changing the
+        # plugin list must not force deleting another plugin's parameters): a note in the log
+        enabled = {plugin_alias(e) for e in self.plugins}
+        idle = sorted(set(self.params) - enabled)
+        if idle:
+            object.__setattr__(self, "params", {k: v for k, v in self.params.items() if k in enabled})
+            for name in idle:
+                close = difflib.get_close_matches(name, sorted(enabled), n=1, cutoff=0.75)
+                if close:
+                    _log.warning("strategy.params.%s: ignored, no plugin %r in strategy.plugins (did you mean %s?)",
+                                 name, name, close[0])
+                else:
+                    _log.info("strategy.params.%s: ignored, plugin %r is not in strategy.plugins %s",
+                              name, name, list(self.plugins))

@@ -1,0 +1,1 @@
+"""Example strategy plugins (docs/strategies.md walks through them)."""
