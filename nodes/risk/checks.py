@@ -195,7 +195,7 @@ def check_reduce_only(g, c):
 
 def check_market_data(g, c):
     m = c.market
-    if m is None or m.last is None or m.mid is None:
+    if m is None or m.mid is None:
         return Code.NO_MARKET_DATA, f"no market data for {c.intent.product} yet"
     if c.intent.order_type == "MARKET" and not m.levels(c.intent.side)[0]:
         return Code.NO_MARKET_DATA, f"no {'ask' if c.intent.side == BUY else 'bid'} for a market {c.intent.side}"

@@ -1,5 +1,6 @@
-"""The execution node on real sockets with the paper venue: the risk gate (approve, deny, fail
-closed), events, idempotency, limit order lifecycle, cancels, the kill switch, queries, latency."""
+"""The execution node on real sockets with the paper venue: the in-process pre-trade checks against
+the risk state it receives (approve, deny, fail closed), events, idempotency, limit order
+lifecycle, cancels, the kill switch, queries, latency."""
 import time
 
 import pytest
@@ -8,7 +9,8 @@ from nodes.client import RequestClient
 from nodes.execution import ExecutionConfig, ExecutionNode
 from proto import CancelAll, CancelOrder, Code, OrderIntent, Query
 from tests.conftest import make_mesh
-from tests.integration.test_exec_support import D, Publisher, RiskResponder, book, killswitch, topics, trade
+from tests.integration.test_exec_support import D, Publisher, RiskSource, book, killswitch, topics, trade
+from tests.conftest import wait_until
 
 BTC = "BTC-USD"
 
@@ -16,14 +18,14 @@ BTC = "BTC-USD"
 class Rig:
     def __init__(self, mesh, ctx, collector, **conf):
         self.mesh, self.ctx = mesh, ctx
-        self.risk = RiskResponder(ctx, mesh)
+        self.risk = RiskSource(ctx, mesh)
         self.md = Publisher(ctx, mesh, "marketdata")
-        self.riskpub = Publisher(ctx, mesh, "risk")
         conf.setdefault("pnl_interval_s", 0.1)
         self.node = ExecutionNode(mesh, ExecutionConfig(**conf), context=ctx).start()
-        self.col = collector(mesh, ["execution"], ["order.", "fill.", "position.", "pnl"])
+        self.col = collector(mesh, ["execution"], ["order.", "fill.", "position.", "pnl", "risk."])
         self.col.wait_for(lambda e: e.topic == "pnl", 5)           # our subscription is live
         self.md.until(topics.book(BTC), book(), lambda: BTC in self.node.venue.books, what="execution")
+        wait_until(lambda: self.node.pretrade.view.snap is not None, what="execution's first risk snapshot")
         self.client = RequestClient.for_node(mesh, "execution", timeout_ms=3000, source="test", context=ctx)
 
     def submit(self, **kw):
@@ -53,7 +55,10 @@ class Rig:
                     raise
 
     def quiet_period(self):
-        """Let two periodic PnL publications pass: anything the node published before is in."""
+        """Let two periodic PnL publications pass: anything the node published before is in (what
+        is queued already is read first, so the two are new ones: one stream, in order)."""
+        while self.col.sock.poll(0):
+            self.col.events.append(self.col._proto.decode(self.col.sock.recv()))
         n = sum(1 for e in self.col.events if e.topic == "pnl")
         for _ in range(2):
             self.col.wait_for(lambda e: e.topic == "pnl", 3)
@@ -64,7 +69,6 @@ class Rig:
         self.node.stop()
         self.risk.close()
         self.md.close()
-        self.riskpub.close()
 
 
 @pytest.fixture
@@ -85,8 +89,9 @@ def test_market_order_through_risk_fills_and_publishes_everything(rig_factory, m
     r = rig.submit(size=D("0.7"), client_order_id="m-1", strategy="t", origin_ns=123456789)
     assert r.ok and r.code == Code.OK and r.data.status == "FILLED", r
     assert r.data.filled_size == D("0.7") and r.data.origin_ns == 123456789 and r.data.venue == "paper"
-    assert [i.client_order_id for i in rig.risk.intents] == ["m-1"]      # risk was asked, with the id
-    evs = rig.events_for("m-1", topics.ORDER_FILLED)
+    dec = rig.events_for("m-1", topics.RISK_DECISION)[-1].msg           # the check, published
+    assert dec.approved and dec.code == Code.OK and dec.compute_ns > 0
+    evs = [e for e in rig.events_for("m-1", topics.ORDER_FILLED) if e.topic != topics.RISK_DECISION]
     assert [e.topic for e in evs] == ["order.new", "order.accepted", "fill.BTC-USD", "order.partially_filled",
                                       "fill.BTC-USD", "order.filled"]
     assert all(e.msg.origin_ns == 123456789 for e in evs if e.msg.TAG == "Order")
@@ -104,49 +109,71 @@ def test_market_order_through_risk_fills_and_publishes_everything(rig_factory, m
         assert pnl.msg.equity == D("100000") + pnl.msg.realized + pnl.msg.unrealized
 
 
-def test_fail_closed_when_risk_is_silent_errs_or_is_gone(rig_factory):
-    rig = rig_factory()
-    for mode in ("silent", "error"):
-        rig.risk.mode = mode
-        t0 = time.monotonic()
-        r = rig.submit(size=D("0.1"), client_order_id=f"fc-{mode}")
-        took = time.monotonic() - t0
-        assert not r.ok and r.code == Code.RISK_UNAVAILABLE and r.data.status == "REJECTED", r
-        if mode == "silent":
-            assert 0.045 <= took < 1.0 and "within 50 ms" in r.reason
-        else:
-            assert "HANDLER_ERROR" in r.reason
+@pytest.mark.parametrize("transport_", ["tcp", "ipc"])     # inproc: a SUB never reconnects to a re-bound PUB
+def test_fail_closed_when_risk_state_is_stale_or_risk_is_gone(rig_factory, short_tmp, transport_):
+    rig = rig_factory(make_mesh(transport_, short_tmp))
+    assert rig.submit(size=D("0.1"), client_order_id="fc-ok").data.status == "FILLED"
+    rig.risk.silent = True                                              # no more snapshots
+    wait_until(lambda: rig.node.pretrade.view.unavailable(rig.node.clock()), what="risk state going stale")
+    t0 = time.monotonic()
+    r = rig.submit(size=D("0.1"), client_order_id="fc-stale")
+    assert time.monotonic() - t0 < 0.5                                  # nothing is waited for
+    assert not r.ok and r.code == Code.RISK_UNAVAILABLE and r.data.status == "REJECTED", r
+    assert "old" in r.reason and "state_max_age_ms 400" in r.reason
     rig.risk.close()                                                    # no risk node at all
     r = rig.submit(size=D("0.1"), client_order_id="fc-gone")
     assert r.code == Code.RISK_UNAVAILABLE
     rig.quiet_period()
-    for coid in ("fc-silent", "fc-error", "fc-gone"):
+    for coid in ("fc-stale", "fc-gone"):
         topics_seen = [e.topic for e in rig.col.events if getattr(e.msg, "client_order_id", None) == coid]
-        assert topics_seen == ["order.new", "order.rejected"], (coid, topics_seen)
-    assert rig.node.venue.submitted == 0                               # nothing went to the venue
-    assert not any(e.topic.startswith("fill.") for e in rig.col.events)
-    rig.risk = RiskResponder(rig.ctx, rig.mesh)                         # risk back: orders flow again
+        assert topics_seen == ["order.new", "risk.decision", "order.rejected"], (coid, topics_seen)
+    assert rig.node.venue.submitted == 1                               # only fc-ok went to the venue
+    rig.risk = RiskSource(rig.ctx, rig.mesh)                            # risk back: orders flow again
+    wait_until(lambda: not rig.node.pretrade.view.unavailable(rig.node.clock()), what="a fresh risk state")
     assert rig.submit(size=D("0.1"), client_order_id="fc-back").data.status == "FILLED"
 
 
-def test_risk_denial_carries_risks_code(rig_factory):
+def test_risk_heartbeat_saying_stopped_refuses_at_once(rig_factory):
+    from proto import Heartbeat
     rig = rig_factory()
-    rig.risk.mode, rig.risk.deny_code = "deny", Code.MAX_NOTIONAL
-    r = rig.submit(size=D("5"), client_order_id="deny-1")
-    assert not r.ok and r.code == Code.MAX_NOTIONAL and r.data.status == "REJECTED" and r.data.reason == "denied by test"
+    rig.risk.publish(topics.heartbeat("risk"), Heartbeat("risk", 1, "STOPPED", 0, 1.0, {}, "h"))
+    wait_until(lambda: rig.node.pretrade.view.down, what="execution seeing risk's last heartbeat")
+    rig.risk.silent = True
+    r = rig.submit(size=D("0.1"), client_order_id="hb-1")
+    assert r.code == Code.RISK_UNAVAILABLE and "STOPPED" in r.reason
+
+
+def test_risk_denial_carries_the_checks_code(rig_factory):
+    rig = rig_factory()
+    rig.risk.limits["max_order_notional"] = "1000"
+    wait_until(lambda: rig.node.pretrade.view.limits(BTC).max_order_notional == 1000, what="new limits")
+    r = rig.submit(size=D("0.1"), client_order_id="deny-1")
+    assert not r.ok and r.code == Code.MAX_NOTIONAL and r.data.status == "REJECTED" and "above the maximum 1000" in r.data.reason
     assert rig.node.venue.submitted == 0
     ev = rig.events_for("deny-1", topics.ORDER_REJECTED)
     assert ev[-1].msg.code == Code.MAX_NOTIONAL
+    assert [e.msg.code for e in ev if e.topic == topics.RISK_DECISION] == [Code.MAX_NOTIONAL]
 
 
-def test_invalid_intent_is_rejected_without_asking_risk(rig_factory):
+def test_kill_switch_in_the_risk_state_refuses_without_a_round_trip(rig_factory):
+    rig = rig_factory()
+    rig.risk.killswitch, rig.risk.ks_reason = True, "operator"
+    wait_until(lambda: rig.node.pretrade.view.killswitch, what="the engaged switch")
+    t0 = time.perf_counter()
+    r = rig.submit(size=D("0.1"), client_order_id="ks-1")
+    assert r.code == Code.KILL_SWITCH and "operator" in r.reason
+    assert rig.node.venue.submitted == 0 and time.perf_counter() - t0 < 0.5
+
+
+def test_invalid_intent_is_rejected_before_the_checks(rig_factory):
     rig = rig_factory()
     r = rig.submit(order_type="LIMIT", size=D("1"), client_order_id="bad-1")
-    assert r.code == Code.INVALID_ORDER and "limit_price" in r.reason and rig.risk.intents == []
+    assert r.code == Code.INVALID_ORDER and "limit_price" in r.reason
     r = rig.submit(product="DOGE-USD", size=D("1"), client_order_id="bad-2")
     assert r.code == Code.INVALID_ORDER and "DOGE-USD" in r.reason
     r = rig.submit(side="SELL", size=D("1"), reduce_only=True, client_order_id="ro-1")
-    assert r.code == Code.REDUCE_ONLY and "no BTC-USD position" in r.reason and rig.risk.intents == []
+    assert r.code == Code.REDUCE_ONLY and "no BTC-USD position" in r.reason
+    assert rig.node.pretrade.counters["decisions"] == 0
     assert rig.submit(size=D("0.3"), client_order_id="ro-2").data.status == "FILLED"
     assert rig.submit(size=D("0.1"), reduce_only=True, client_order_id="ro-3").code == Code.REDUCE_ONLY
     assert "exceeds" in rig.submit(side="SELL", size=D("0.4"), reduce_only=True, client_order_id="ro-4").reason
@@ -164,10 +191,13 @@ def test_repeated_client_order_id_returns_the_existing_order_and_sends_once(rig_
     a = rig.submit(side="SELL", size=D("0.3"), origin_ns=5)            # no id: derived from the intent
     b = rig.submit(side="SELL", size=D("0.30"), origin_ns=5)
     assert b.code == Code.DUPLICATE and a.data.client_order_id == b.data.client_order_id
-    assert rig.node.venue.submitted == 2 and len(rig.risk.intents) == 2
-    rig.risk.mode = "deny"
-    rej = rig.submit(size=D("9"), client_order_id="dup-rej")
-    assert rig.submit(size=D("9"), client_order_id="dup-rej").data == rej.data and len(rig.risk.intents) == 3
+    assert rig.node.venue.submitted == 2 and rig.node.pretrade.counters["decisions"] == 2
+    rig.risk.limits["max_order_notional"] = "1000"
+    wait_until(lambda: rig.node.pretrade.view.limits(BTC).max_order_notional == 1000, what="new limits")
+    rej = rig.submit(size=D("0.5"), client_order_id="dup-rej")
+    assert rej.code == Code.MAX_NOTIONAL
+    assert rig.submit(size=D("0.5"), client_order_id="dup-rej").data == rej.data
+    assert rig.node.pretrade.counters["decisions"] == 3
     pos = rig.client.call(Query("positions"))
     assert pos[0].qty == D("-0.2")
 
@@ -193,8 +223,8 @@ def test_limit_lifecycle_cancel_cancel_all_and_kill_switch(rig_factory):
     ca = rig.client.request(CancelAll(BTC))
     assert ca.ok and sorted(ca.data) == ["S0", "S1"] and rig.client.call(Query("orders")) == []
     rig.submit(order_type="LIMIT", size=D("1"), limit_price=D("60000"), client_order_id="K1")
-    rig.send_until(rig.riskpub, topics.RISK_KILLSWITCH, killswitch(True, "test panic"),
-                   lambda e: e.topic == topics.ORDER_CANCELLED and e.msg.client_order_id == "K1")
+    rig.risk.publish(topics.RISK_KILLSWITCH, killswitch(True, "test panic"))
+    rig.col.wait_for(lambda e: e.topic == topics.ORDER_CANCELLED and e.msg.client_order_id == "K1")
     k1 = rig.client.call(Query("order", "K1"))
     assert k1.status == "CANCELLED" and k1.code == Code.KILL_SWITCH and "test panic" in k1.reason
     assert len(rig.client.call(Query("orders", "all"))) == 4
@@ -225,4 +255,4 @@ def test_simulated_latency_uses_timers(rig_factory):
     c = rig.client.request(CancelOrder("lat-2"))                       # cancel before the venue saw it
     assert c.ok and c.reason == "cancel requested" and c.data.status == "NEW"
     ev = rig.events_for("lat-2", topics.ORDER_CANCELLED)
-    assert [e.topic for e in ev] == ["order.new", "order.accepted", "order.cancelled"]
+    assert [e.topic for e in ev] == ["order.new", "risk.decision", "order.accepted", "order.cancelled"]

@@ -1,12 +1,15 @@
-"""Helpers for the execution tests (no tests here): a real risk responder on the risk endpoint, a
-market-data publisher on the marketdata endpoint, a risk event publisher.
+"""Helpers for the execution tests (no tests here): a risk-state source on the risk endpoints, a
+market-data publisher on the marketdata endpoint.
 
-The risk responder is a local stand-in for the risk node that speaks the real contract over a
-real ROUTER socket: ``OrderIntent`` -> ``Reply(ok, code, reason, data=RiskDecision)``. Its mode
-decides the answer: "approve", "deny" (with ``deny_code``), "silent" (never answers: a timeout),
-"error" (``HANDLER_ERROR``, as the runtime answers when a handler raises).
+``RiskSource`` is a local stand-in for the risk node that speaks the real contract over real
+sockets: it publishes ``RiskSnapshot`` on risk's PUB endpoint every ``interval`` (with the limits,
+trading state and kill switch the test sets), answers ``Query("snapshot")`` on risk's ROUTER, and
+publishes whatever else the test hands it (a ``KillSwitch`` event, a heartbeat). ``silent`` stops
+the snapshots (the state goes stale); ``close()`` is a risk node that is gone. The real risk node is
+used where its own behaviour is under test (test_exec_with_risk.py, the e2e tier).
 """
 import os
+import queue
 import threading
 import time
 from decimal import Decimal
@@ -14,9 +17,12 @@ from decimal import Decimal
 import zmq
 
 import proto
-from proto import Book, Code, KillSwitch, OrderIntent, Reply, RiskDecision, Tick, Trade, topics
+from proto import Book, Code, KillSwitch, Query, Reply, RiskSnapshot, Tick, Trade, topics
 
 D = Decimal
+
+WIDE = {"max_position": "100", "max_exposure": "1e9", "max_order_notional": "1e9",
+        "max_price_band_pct": "50", "max_slippage_bps": "10000"}
 
 
 def _bind(sock, mesh, node, kind):
@@ -25,45 +31,71 @@ def _bind(sock, mesh, node, kind):
     sock.bind(mesh.endpoint(node, kind, bind=True))
 
 
-class RiskResponder:
-    def __init__(self, ctx, mesh, mode="approve", deny_code=Code.MAX_NOTIONAL):
+class RiskSource:
+    def __init__(self, ctx, mesh, interval=0.05, max_age_ms=400, **limits):
         self.ctx, self.mesh = ctx, mesh
-        self.mode, self.deny_code = mode, deny_code
-        self.intents = []
+        self.interval, self.max_age_ms = interval, max_age_ms
+        self.limits = dict(WIDE, **{k: str(v) for k, v in limits.items()})
+        self.state, self.state_reason = "ACTIVE", ""
+        self.killswitch, self.ks_reason = False, ""
+        self.flatten_on_halt = False
+        self.feeds = {}                  # product -> (code, reason); default healthy
+        self.silent = False
+        self.published = 0
+        self.epoch = time.time_ns()
+        self._q = queue.Queue()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        assert self._ready.wait(5), "risk responder did not bind"
+        assert self._ready.wait(5), "risk source did not bind"
+
+    def snapshot(self):
+        self.published += 1
+        products = {p: dict(self.limits, band="", band_method="stddev", band_why="test",
+                            feed=self.feeds.get(p, ("", ""))[0], feed_reason=self.feeds.get(p, ("", ""))[1])
+                    for p in self.mesh.products}
+        return RiskSnapshot(self.published, self.epoch, self.max_age_ms, self.state, self.state_reason,
+                            self.killswitch, "manual" if self.killswitch else "", self.ks_reason, 0,
+                            self.flatten_on_halt, D("1e12"), 1000, products)
+
+    def publish(self, topic, msg):
+        """Publish one event from the source's thread (its socket's thread)."""
+        self._q.put((topic, msg))
 
     def _run(self):
-        s = self.ctx.socket(zmq.ROUTER)
-        s.setsockopt(zmq.LINGER, 0)
-        _bind(s, self.mesh, "risk", "rep")
+        pub = self.ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        _bind(pub, self.mesh, "risk", "pub")
+        rep = self.ctx.socket(zmq.ROUTER)
+        rep.setsockopt(zmq.LINGER, 0)
+        _bind(rep, self.mesh, "risk", "rep")
         enc = proto.Encoder("risk")
         self._ready.set()
+        nxt = 0.0
         try:
             while not self._stop.is_set():
-                if not s.poll(50):
-                    continue
-                frames = s.recv_multipart()
-                env = proto.decode(frames[-1])
-                if type(env.msg) is not OrderIntent:
-                    continue
-                self.intents.append(env.msg)
-                i = env.msg
-                if self.mode == "silent":
-                    continue
-                if self.mode == "error":
-                    r = Reply(False, Code.HANDLER_ERROR, "ZeroDivisionError: boom")
-                elif self.mode == "deny":
-                    r = Reply(False, self.deny_code, "denied by test",
-                              RiskDecision(i.client_order_id, i.product, False, self.deny_code, "denied by test", 1000))
-                else:
-                    r = Reply(True, Code.OK, "", RiskDecision(i.client_order_id, i.product, True, Code.OK, "", 1000))
-                s.send_multipart(frames[:-1] + [enc.encode("rep", r, msg_id=env.msg_id)])
+                now = time.monotonic()
+                if now >= nxt and not self.silent:
+                    pub.send(enc.encode(topics.RISK_SNAPSHOT, self.snapshot()))
+                    nxt = now + self.interval
+                while True:
+                    try:
+                        topic, msg = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    pub.send(enc.encode(topic, msg))
+                if rep.poll(10):
+                    frames = rep.recv_multipart()
+                    env = proto.decode(frames[-1])
+                    if type(env.msg) is Query and env.msg.what == "snapshot" and not self.silent:
+                        r = Reply(True, Code.OK, "", self.snapshot())
+                    else:
+                        r = Reply(False, Code.UNKNOWN_REQUEST, "test risk source")
+                    rep.send_multipart(frames[:-1] + [enc.encode("rep", r, msg_id=env.msg_id)])
         finally:
-            s.close(linger=0)
+            pub.close(linger=0)
+            rep.close(linger=0)
 
     def close(self):
         self._stop.set()
@@ -127,4 +159,4 @@ def killswitch(engaged=True, reason="test"):
     return KillSwitch(engaged, reason, "manual", time.time_ns())
 
 
-__all__ = ["RiskResponder", "Publisher", "start_node", "book", "tick", "trade", "killswitch", "topics", "D"]
+__all__ = ["RiskSource", "Publisher", "start_node", "book", "tick", "trade", "killswitch", "topics", "D"]

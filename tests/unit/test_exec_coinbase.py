@@ -46,7 +46,6 @@ def test_live_mode_with_both_switches():
     ({"venue": "binance"}, "execution.venue"),
     ({"rest_base_url": "https://127.0.0.1:8443"}, "execution.rest_base_url"),
     ({"ws_user_url": "http://x"}, "execution.ws_user_url"),
-    ({"risk_timeout_ms": 0}, "execution.risk_timeout_ms"),
     ({"taker_fee_bps": D(-1)}, "execution.taker_fee_bps"),
     ({"latency_ms": -1.0}, "execution.latency_ms"),
 ])

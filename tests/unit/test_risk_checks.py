@@ -1,12 +1,17 @@
 """Every pre-trade check: one approval and one denial (with its stable code) each, the fixed order,
-and the pending-exposure bookkeeping. No sockets: the engine is fed decoded events directly."""
+and the working-order bookkeeping, with the checks where they run: execution's ``PreTrade`` over
+its own book, fed the snapshots a real ``RiskEngine`` publishes. No sockets: the engine's events go
+to the view as the bus would carry them."""
 from decimal import Decimal as D
 
 import pytest
 
-from proto import (Book, Code, Envelope, FeedGap, FeedStatus, Fill, KillSwitchCmd, Order, OrderIntent,
-                   Position, Tick)
+from proto import (Book, Code, Envelope, FeedGap, FeedStatus, Fill, Heartbeat, KillSwitchCmd, OrderIntent,
+                   Tick)
 from nodes.config import MeshConfig, ProductSpec
+from nodes.execution.orders import OrderState
+from nodes.execution.positions import PositionBook
+from nodes.execution.pretrade import PreTrade
 from nodes.risk import checks
 from nodes.risk.config import ProductLimits, RiskConfig
 from nodes.risk.engine import RiskEngine
@@ -30,9 +35,68 @@ def env(msg, ts=T0):
     return Envelope("t", 1, "test", 1, ts, ts, msg)
 
 
+class Desk:
+    """Risk (a RiskEngine) and execution's side of the checks (a PreTrade over a PositionBook and a
+    working-order table), wired as the bus wires them: risk.snapshot and risk.band.<P> go to the
+    view, market data to both."""
+
+    def __init__(self, conf, mesh, clock):
+        self.clock = clock
+        self.events = []
+        self.engine = RiskEngine(conf, mesh, emit=self._emit, clock=clock)
+        self.book = PositionBook()
+        self.working = {}
+        self.pretrade = PreTrade(mesh, self.book, self.working, clock=clock, heartbeat_timeout_s=3.0)
+        self.n = 0
+
+    def _emit(self, topic, msg):
+        self.events.append((topic, msg))
+        if topic == "risk.snapshot":
+            self.pretrade.view.apply(msg, self.clock())
+        elif topic.startswith("risk.band."):
+            self.pretrade.view.apply_band(msg)
+
+    # risk's inputs
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def on_tick(self, e):
+        self.engine.on_tick(e)
+        self.pretrade.quotes[e.msg.product].on_tick(e.msg)
+
+    def on_book(self, e):
+        self.pretrade.quotes[e.msg.product].on_book(e.msg)
+
+    # execution's side
+    def decide(self, intent):
+        """What ExecutionNode._submit does with the verdict: an approval joins the working book."""
+        if not intent.client_order_id:
+            self.n += 1
+            intent = intent._replace(client_order_id=f"o{self.n}")
+        d, size = self.pretrade.decide(intent)
+        if d.approved:
+            o = OrderState.from_intent(intent, "paper", 0)
+            if intent.size is None:
+                o.est_size = size
+            self.working[intent.client_order_id] = o
+        return d
+
+    def fill(self, coid, size, price="65006"):
+        o = self.working[coid]
+        f = Fill(f"f{self.n}", coid, o.product, o.side, D(price), D(size), D(0), "TAKER", "paper")
+        o.apply_fill(f.price, f.size, f.fee)
+        self.book.apply_fill(f, 0)
+        if o.filled_size >= o.size:
+            del self.working[coid]
+
+    def cancel(self, coid):
+        del self.working[coid]
+
+
 def make(tmp_path, ticks=40, status=True, book=True, **conf):
     base = dict(min_history=10, band_floor_pct=0.0, max_position=D("1"), max_exposure=D("50000"),
-                max_order_notional=D("30000"), max_gross_exposure=D("80000"), max_orders_per_s=5)
+                max_order_notional=D("30000"), max_gross_exposure=D("80000"), max_orders_per_s=5,
+                band_publish_min_interval_s=0.0)
     base.update(conf)
     mesh = MeshConfig(state_dir=str(tmp_path), products=("BTC-USD", "ETH-USD", "SOL-USD"),
                       product_specs={"BTC-USD": ProductSpec(base_min_size=D("0.0001"), base_max_size=D("5"),
@@ -40,10 +104,9 @@ def make(tmp_path, ticks=40, status=True, book=True, **conf):
                                                             min_notional=D("1")),
                                      "ETH-USD": ProductSpec()})   # SOL-USD: no spec on purpose
     clock = Clock()
-    events = []
-    e = RiskEngine(RiskConfig(**base), mesh, emit=lambda t, m: events.append((t, m)), clock=clock)
+    e = Desk(RiskConfig(**base), mesh, clock)
     e.restore()
-    e.events = events
+    e.publish_snapshot(force=True)
     e.test_clock = clock
     for i in range(ticks):       # alternating 65000 / 65010: per-tick sigma ~1.5e-4
         px = D("65000.00") if i % 2 == 0 else D("65010.00")
@@ -79,12 +142,11 @@ def code(e, intent):
 
 
 def pos(e, product, qty, mark="65005"):
-    e.on_position(env(Position(product, D(qty), D(mark), D(0), D(0), abs(D(qty)) * D(mark), D(mark), D(0))))
-
-
-def order(coid, status, size="0.01", filled="0", side="BUY", product=P, code_=Code.OK):
-    return Order(coid, "v-" + coid, product, side, "LIMIT", "GTC", D(size), None, D("65006.00"), False, False,
-                 status, D(filled), D(0), D(0), D(0), D(0), code_, "", "", "paper", 0, 0)
+    """A filled position in execution's book."""
+    q = D(qty)
+    f = Fill("seed-" + product, "seed", product, "BUY" if q > 0 else "SELL", D(mark), abs(q), D(0), "TAKER", "paper")
+    e.book.apply_fill(f, 0)
+    e.book.set_mark(product, D(mark))
 
 
 # --- the baseline ---------------------------------------------------------------------------------
@@ -94,8 +156,7 @@ def test_baseline_approves_and_publishes_the_decision(tmp_path):
     d = e.decide(limit(client_order_id="c1"))
     assert d.approved and d.code == Code.OK and d.reason == "" and d.client_order_id == "c1"
     assert d.compute_ns > 0
-    assert ("risk.decision", d) in e.events
-    assert "c1" in e.exposure.pending
+    assert "c1" in e.working
 
 
 # --- INVALID_ORDER --------------------------------------------------------------------------------
@@ -125,7 +186,7 @@ def test_invalid_orders(tmp_path, intent, words):
     e = make(tmp_path, ticks=4)
     d = e.decide(intent)
     assert d.code == Code.INVALID_ORDER and words in d.reason
-    assert not e.exposure.pending
+    assert not e.working
 
 
 def test_non_finite_numbers_are_invalid(tmp_path):
@@ -151,7 +212,7 @@ def test_flatten_on_halt_lets_reduce_only_exits_through(tmp_path):
     pos(e, P, "0.5")
     e.command(KillSwitchCmd("engage", "test"))
     assert code(e, market(side="SELL", size="0.5", reduce_only=True)) == Code.OK
-    assert code(e, market(side="SELL", size="0.1", reduce_only=True)) == Code.KILL_SWITCH  # 0.5 pending
+    assert code(e, market(side="SELL", size="0.1", reduce_only=True)) == Code.KILL_SWITCH  # 0.5 working
     assert code(e, market(side="SELL", size="0.1")) == Code.KILL_SWITCH       # not flagged reduce-only
     assert code(e, market(side="BUY", size="0.1", reduce_only=True)) == Code.KILL_SWITCH
 
@@ -159,6 +220,7 @@ def test_flatten_on_halt_lets_reduce_only_exits_through(tmp_path):
 def test_halted_without_switch_denies(tmp_path):
     e = make(tmp_path)
     e.machine.state = HALTED           # not reachable through the engine; the check still guards it
+    e.publish_snapshot(force=True)
     assert code(e, limit()) == Code.HALTED
 
 
@@ -171,6 +233,7 @@ def test_reducing_only_lets_shrinking_orders_pass(tmp_path):
     pos(e, P, "0.3")
     assert code(e, limit(side="SELL", size="0.2", price="65004.00")) == Code.OK
     assert code(e, limit(side="SELL", size="0.2", price="65004.00")) == Code.REDUCE_ONLY  # would flip
+    assert code(e, limit(side="SELL", size="0.1", price="65004.00")) == Code.OK           # exits fully
     e.command(KillSwitchCmd("resume"))
     assert code(e, limit()) == Code.OK
 
@@ -208,6 +271,7 @@ def test_feed_status_required_missing_stale_and_gap(tmp_path):
     assert code(e, limit()) == Code.FEED_GAP
     set_status(e, True, "OK")
     e.test_clock.t += 3.5              # older than feed_status_timeout_s
+    e.on_timer()                       # risk's timer: the verdict changed, a snapshot goes out
     d = e.decide(limit())
     assert d.code == Code.FEED_STALE and "old" in d.reason
 
@@ -245,9 +309,23 @@ def test_vol_band_sigma_methods(tmp_path, method):
     b = e.markets[P].band(method, 6.0, 0.0, 10)
     assert b.ready and b.low < D("65005") < b.high
     assert 30 < b.width < 120                       # 6 x ~1.5e-4 x 65005
-    assert code(e, limit(side="SELL", price=str(b.high + D("0.01")))) == Code.VOL_BAND
-    assert code(e, limit(price=str(b.low - D("0.01")))) == Code.VOL_BAND
-    assert code(e, limit(price=str(b.low))) == Code.OK
+    w = e.band_width(e.markets[P])
+    high, low = D("65005") + w, D("65005") - w
+    # aggressive prices beyond the band are refused ...
+    assert code(e, limit(price=str(high + D("0.01")))) == Code.VOL_BAND
+    assert code(e, limit(side="SELL", price=str(low - D("0.01")))) == Code.VOL_BAND
+    assert code(e, limit(price=str(high))) == Code.OK
+    # ... passive ones (a bid below the market, an ask above it) are not: the static band bounds them
+    assert code(e, limit(price=str(low - D("100.00")))) == Code.OK
+    assert code(e, limit(side="SELL", price=str(high + D("100.00")))) == Code.OK
+
+
+def test_vol_band_leaves_passive_quotes_to_the_static_band(tmp_path):
+    """A market maker's ask 14 above mid passes; an absurd one is still PRICE_BAND."""
+    e = make(tmp_path, band_method="stddev", band_k=1.0, max_price_band_pct=D("1"))
+    assert code(e, limit(side="SELL", size="0.01", price="65019.00")) == Code.OK
+    assert code(e, limit(side="SELL", size="0.01", price="66000.00")) == Code.PRICE_BAND
+    assert code(e, limit(side="SELL", size="0.01", price="64000.00")) == Code.VOL_BAND
 
 
 def test_vol_band_waits_for_min_history(tmp_path):
@@ -264,10 +342,9 @@ def test_vol_band_atr(tmp_path):
     assert m.bars >= 3
     sd, ew, atr = m.sigmas()
     assert atr == pytest.approx(10.0)               # every 1 s bar spans 65000..65010
-    b = m.band("atr", 2.0, 0.0, 10)
-    assert b.high - b.low == pytest.approx(D("40.00"), abs=D("0.02"))
-    assert code(e, limit(price=str(b.high + D("0.01")))) == Code.VOL_BAND
-    assert code(e, limit(price=str(b.high))) == Code.OK
+    assert e.band_width(m) == D("20.00")
+    assert code(e, limit(price="65025.01")) == Code.VOL_BAND     # mid 65005 + 20
+    assert code(e, limit(price="65025.00")) == Code.OK
 
 
 def test_band_floor(tmp_path):
@@ -308,14 +385,14 @@ def test_max_notional(tmp_path):
     assert code(e, limit(size="0.4")) == Code.OK
 
 
-def test_max_position_counts_pending(tmp_path):
+def test_max_position_counts_working_orders(tmp_path):
     e = make(tmp_path, max_order_notional=D("100000"), max_exposure=D("1000000"),
              max_gross_exposure=D("1000000"), max_price_band_pct=D("50"), band_floor_pct=50.0)
     pos(e, P, "0.6")
     assert code(e, limit(size="0.4", client_order_id="a")) == Code.OK      # 1.0: at the limit
     d = e.decide(limit(size="0.0001", client_order_id="b"))
-    assert d.code == Code.MAX_POSITION and "pending" in d.reason
-    e.on_order(env(order("a", "CANCELLED", size="0.4")))                     # the pending goes away
+    assert d.code == Code.MAX_POSITION and "working orders included" in d.reason
+    e.cancel("a")                                                            # the working order goes away
     assert code(e, limit(size="0.0001", client_order_id="c")) == Code.OK
     assert code(e, limit(side="SELL", size="0.4", price="65004.00")) == Code.OK   # reducing
 
@@ -332,9 +409,9 @@ def test_gross_exposure(tmp_path):
     e = make(tmp_path, max_gross_exposure=D("40000"))
     pos(e, "ETH-USD", "-10", mark="3000")                    # 30000 of ETH
     assert code(e, limit(size="0.15")) == Code.OK            # + 9751
-    d = e.decide(limit(size="0.01"))                         # pending 0.15 + 0.01
+    d = e.decide(limit(size="0.01"))                         # working 0.15 + 0.01
     assert d.code == Code.GROSS_EXPOSURE
-    # a sell while flat: its worst case is dominated by the pending buys (0.15): fine ...
+    # a sell while flat: its worst case is dominated by the working buys (0.15): fine ...
     assert code(e, limit(side="SELL", size="0.01", price="65004.00")) == Code.OK
     # ... until the short side outgrows them
     assert code(e, limit(side="SELL", size="0.2", price="65004.00")) == Code.GROSS_EXPOSURE
@@ -348,6 +425,7 @@ def test_rate_limit(tmp_path):
     assert code(e, limit(size="0.001")) == Code.RATE_LIMIT
     assert code(e, limit(size="0")) == Code.INVALID_ORDER    # denials do not use the rate
     e.test_clock.t += 1.01
+    e.on_timer()                                             # risk's periodic snapshot
     assert code(e, limit(size="0.001")) == Code.OK
 
 
@@ -376,48 +454,131 @@ def test_checks_run_in_the_fixed_order_and_stop_at_the_first_failure(tmp_path):
                      "check_position", "check_gross", "check_rate"]
 
 
-# --- pending bookkeeping --------------------------------------------------------------------------
+# --- working-order bookkeeping ---------------------------------------------------------------------
 
-def test_pending_follows_order_and_fill_events(tmp_path):
-    e = make(tmp_path)
+def test_working_remainder_follows_fills(tmp_path):
+    e = make(tmp_path, max_orders_per_s=100)
     assert code(e, limit(size="0.2", client_order_id="p1")) == Code.OK
-    assert e.exposure.pend_buy[P] == D("0.2")
-    e.on_order(env(order("p1", "ACCEPTED", size="0.2")))
-    e.on_fill(env(Fill("f1", "p1", P, "BUY", D("65006"), D("0.05"), D("0"), "TAKER", "paper")))
-    assert e.exposure.pend_buy[P] == D("0.15")
-    e.on_order(env(order("p1", "PARTIALLY_FILLED", size="0.2", filled="0.05")))   # same fill: no double count
-    assert e.exposure.pend_buy[P] == D("0.15")
-    e.on_order(env(order("p1", "PARTIALLY_FILLED", size="0.2", filled="0.12")))
-    assert e.exposure.pend_buy[P] == D("0.08")
-    e.on_order(env(order("p1", "FILLED", size="0.2", filled="0.2")))
-    assert e.exposure.pend_buy[P] == 0 and not e.exposure.pending
+    assert e.pretrade.book.pend_buy(P) == D("0.2")
+    e.fill("p1", "0.05")
+    assert e.pretrade.book.pend_buy(P) == D("0.15") and e.pretrade.book.qty(P) == D("0.05")
+    e.fill("p1", "0.15")
+    assert e.pretrade.book.pend_buy(P) == 0 and not e.working and e.pretrade.book.qty(P) == D("0.2")
 
 
-def test_pending_unseen_approval_expires(tmp_path):
-    e = make(tmp_path, pending_ttl_s=2.0)
-    assert code(e, limit(size="0.2", client_order_id="lost")) == Code.OK
+def test_a_reduce_only_sell_of_the_whole_position_passes(tmp_path):
+    """The order under check is counted once: 0.011 held, 0.011 reduce-only sell passes."""
+    e = make(tmp_path)
+    pos(e, P, "0.011")
+    assert code(e, limit(side="SELL", size="0.011", price="65004.00", reduce_only=True)) == Code.OK
+    assert code(e, limit(side="SELL", size="0.001", price="65004.00", reduce_only=True)) == Code.REDUCE_ONLY
+
+
+def test_an_order_of_exactly_max_position_from_flat_passes(tmp_path):
+    e = make(tmp_path, max_order_notional=D("100000"), max_exposure=D("1000000"),
+             max_gross_exposure=D("1000000"), max_slippage_bps=D("1000"))
+    assert code(e, market(size="1")) == Code.OK
+    assert code(e, market(size="0.0001")) == Code.MAX_POSITION
+
+
+def test_two_orders_in_flight_cannot_together_pass_a_limit(tmp_path):
+    e = make(tmp_path, max_order_notional=D("100000"), max_exposure=D("1000000"),
+             max_gross_exposure=D("50000"), max_orders_per_s=100)
+    assert code(e, limit(size="0.6")) == Code.OK
+    assert code(e, limit(size="0.5")) == Code.MAX_POSITION          # 1.1 > 1
+    assert code(e, limit(size="0.2")) == Code.GROSS_EXPOSURE        # 0.8 x 65005 > 50000
+
+
+def test_quote_sized_buy_counts_its_estimate(tmp_path):
+    e = make(tmp_path, max_slippage_bps=D("1000"))
+    assert code(e, OrderIntent(P, "BUY", "MARKET", quote_size=D("6500.60"))) == Code.OK   # ~0.1 at 65006
+    assert e.pretrade.book.pend_buy(P) == D("6500.60") / D("65006.00")
+
+
+# --- fail closed ----------------------------------------------------------------------------------
+
+def test_no_risk_state_refuses_everything(tmp_path):
+    e = make(tmp_path)
+    e.pretrade.view.snap = None
+    d = e.decide(limit())
+    assert d.code == Code.RISK_UNAVAILABLE and "no risk state" in d.reason
+
+
+def test_a_stale_risk_state_refuses_and_a_fresh_one_resumes(tmp_path):
+    e = make(tmp_path)
+    e.test_clock.t += 2.5                                        # > state_max_age_ms 2000, no snapshot
+    d = e.decide(limit())
+    assert d.code == Code.RISK_UNAVAILABLE and "old" in d.reason and "state_max_age_ms" in d.reason
+    e.on_timer()
+    assert code(e, limit()) == Code.OK
+
+
+def test_risk_heartbeat_stopped_or_lost_refuses(tmp_path):
+    e = make(tmp_path)
+    v = e.pretrade.view
+    v.on_heartbeat(Heartbeat("risk", 42, "RUNNING", 0, 1.0, {}, "h"), e.test_clock())
+    assert code(e, limit()) == Code.OK
     e.test_clock.t += 1.0
     e.on_timer()
-    assert "lost" in e.exposure.pending
-    e.test_clock.t += 1.5
-    set_status(e, True, "OK")
+    e.test_clock.t += 1.0
     e.on_timer()
-    assert "lost" not in e.exposure.pending and e.exposure.pend_buy[P] == 0
+    e.test_clock.t += 1.5                                         # heartbeat 3.5 s old, snapshot fresh
+    e.on_timer()
+    d = e.decide(limit())
+    assert d.code == Code.RISK_UNAVAILABLE and "heartbeat" in d.reason
+    v.on_heartbeat(Heartbeat("risk", 42, "STOPPED", 0, 1.0, {}, "h"), e.test_clock())
+    d = e.decide(limit())
+    assert d.code == Code.RISK_UNAVAILABLE and "STOPPED" in d.reason
 
 
-def test_working_orders_seen_after_a_restart_count_as_pending(tmp_path):
+def test_a_restarted_risk_with_the_switch_engaged_refuses_at_once(tmp_path):
     e = make(tmp_path)
-    e.on_order(env(order("old", "ACCEPTED", size="0.9", side="BUY")))
-    d = e.decide(limit(size="0.2"))
-    assert d.code == Code.MAX_POSITION
+    e.command(KillSwitchCmd("engage", "before the restart"))
+    e.persist()
+    assert code(e, limit()) == Code.KILL_SWITCH
+    # a new risk process on the same state file: a new epoch, versions from 1 again
+    r2 = RiskEngine(e.engine.conf, e.engine.mesh, emit=e._emit, clock=e.test_clock,
+                    wall_ns=lambda: e.engine.epoch_ns + 10**9)
+    e.pretrade.view.mark_down("supervisord reports tickmesh:risk EXITED")
+    assert e.decide(limit()).code == Code.RISK_UNAVAILABLE
+    r2.restore()
+    r2.publish_snapshot(force=True)
+    assert r2.epoch_ns > e.engine.epoch_ns and r2.version <= 2    # restore's state event, then this
+    d = e.decide(limit())
+    assert d.code == Code.KILL_SWITCH and "before the restart" in d.reason
+
+
+def test_a_malformed_snapshot_is_dropped_and_the_last_good_one_kept(tmp_path):
+    from nodes.execution.pretrade import BadSnapshot
+    e = make(tmp_path)
+    bad = e.engine.snapshot()
+    bad = bad._replace(products={P: dict(bad.products[P], max_position="lots")})
+    with pytest.raises(BadSnapshot, match="max_position"):
+        e.pretrade.view.apply(bad, e.test_clock())
+    assert e.pretrade.view.dropped == 1
+    assert code(e, limit()) == Code.OK
+
+
+def test_never_healthy_feed_refuses_but_does_not_latch(tmp_path):
+    e = make(tmp_path, status=False)
+    set_status(e, False, "DISCONNECTED", reason="no internet")
+    for _ in range(40):
+        e.test_clock.t += 0.5
+        e.on_timer()
+    assert not e.latch.engaged
+    assert code(e, limit()) == Code.FEED_STALE
+    set_status(e, True, "OK")
+    set_status(e, False, "STALE", reason="silent")
+    for _ in range(12):
+        e.test_clock.t += 0.5
+        e.on_timer()
+    assert e.latch.engaged and e.latch.source == "auto:stale_feed"
 
 
 def test_query_reports_everything(tmp_path):
     e = make(tmp_path)
-    pos(e, P, "0.1")
-    e.decide(limit(client_order_id="q1"))
     q = e.query()
     assert q["state"] == "ACTIVE" and q["killswitch"].engaged is False
-    assert q["exposure"].positions[P] == D("0.1")
-    assert q["bands"][P].band_high > q["bands"][P].band_low > 0
-    assert q["feeds"][P]["healthy"] is True and q["pending"]["q1"]["remaining"] == D("0.01")
+    assert q["bands"][P].band_high > q["bands"][P].band_low > 0 and q["bands"][P].width > 0
+    assert q["feeds"][P]["healthy"] is True and q["feeds"][P]["verdict"] == "OK"
+    assert q["snapshot_version"] == e.version >= 1

@@ -26,11 +26,11 @@ def env(msg):
     return Envelope("t", 1, "test", 1, 1, 1, msg)
 
 
-def engine(tmp_path, flatten=None, **conf):
+def engine(tmp_path, **conf):
     clock = Clock()
     events = []
     e = RiskEngine(RiskConfig(**conf), MeshConfig(state_dir=str(tmp_path)),
-                   emit=lambda t, m: events.append((t, m)), clock=clock, flatten=flatten)
+                   emit=lambda t, m: events.append((t, m)), clock=clock)
     e.restore()
     e.events, e.test_clock = events, clock
     return e
@@ -294,47 +294,6 @@ def test_supervisord_process_events(tmp_path, program, state, engaged):
     assert e.latch.engaged is engaged
     if engaged:
         assert e.latch.source == S.AUTO_EXECUTION_DOWN and state in e.latch.reason
-
-
-def test_flatten_on_halt_builds_reduce_only_exits(tmp_path):
-    sent = []
-    e = engine(tmp_path, flatten=sent.extend, flatten_on_halt=True)
-    for p, q in (("BTC-USD", "0.123456789"), ("ETH-USD", "-2"), ("SOL-USD", "5")):
-        e.on_position(env(Position(p, D(q), D(1), D(0), D(0), D(1), D(1), D(0))))
-    e.command(KillSwitchCmd("engage", "flat"))
-    assert [(i.product, i.side, i.size, i.order_type, i.reduce_only) for i in sent] == [
-        ("BTC-USD", "SELL", D("0.12345678"), "MARKET", True),   # rounded down to the increment
-        ("ETH-USD", "BUY", D("2.00000000"), "MARKET", True)]    # SOL-USD: not traded here
-    assert all(i.client_order_id.startswith("risk-flatten-") for i in sent)
-
-
-def test_flatten_retries_and_covers_positions_learnt_while_halted(tmp_path):
-    sent = []
-    e = engine(tmp_path, flatten=sent.extend, flatten_on_halt=True, stale_halts=False)
-    e.command(KillSwitchCmd("engage", "restart while halted"))
-    assert sent == []                                          # no positions known yet
-    e.on_position(env(Position(P, D("0.4"), D(1), D(0), D(0), D(1), D(1), D(0))))
-    e.on_timer()
-    assert [(i.side, i.size) for i in sent] == [("SELL", D("0.40000000"))]
-    e.exposure.add_pending(sent[0].client_order_id, P, "SELL", D("0.4"), e.test_clock.t)  # approved
-    e.test_clock.t += 10
-    e.on_timer()
-    assert len(sent) == 1                                      # covered by the pending exit
-    e.exposure.on_order(env(Order(sent[0].client_order_id, "", P, "SELL", "MARKET", "IOC", D("0.4"), None,
-                                  None, False, True, "REJECTED", D(0), D(0), D(0), D(0), D(0),
-                                  Code.VENUE_REJECT, "no", "risk.flatten", "paper", 0, 0)).msg, e.test_clock.t)
-    e.on_timer()
-    assert len(sent) == 2 and sent[1].size == D("0.40000000")  # retried after the rejection
-    e.on_timer()
-    assert len(sent) == 2                                      # not again within the retry period
-
-
-def test_no_flatten_without_the_option(tmp_path):
-    sent = []
-    e = engine(tmp_path, flatten=sent.extend)
-    e.on_position(env(Position(P, D("1"), D(1), D(0), D(0), D(1), D(1), D(0))))
-    e.command(KillSwitchCmd("engage", "x"))
-    assert sent == []
 
 
 def test_state_file_write_failure_keeps_the_switch_engaged_in_memory(tmp_path):
