@@ -43,7 +43,9 @@ SUPERVISOR_CONF ?= supervisord.conf
 SUPERVISOR_VAR = $(dir $(abspath $(SUPERVISOR_CONF)))var
 TICKMESH_PYTHON ?= $(abspath $(PY))
 export TICKMESH_PYTHON
+## `make up` refuses to start on a config error (tickmesh config check: one line naming the key)
 up: $(VENV)/.installed
+	@$(PY) -m tools.config check --quiet || { echo "make up: not started: fix the config first" >&2; exit 2; }
 	mkdir -p $(SUPERVISOR_VAR)/log
 	$(VENV)/bin/supervisord -c $(SUPERVISOR_CONF)
 status: $(VENV)/.installed

@@ -243,11 +243,27 @@ SECRET_NAMES = ("COINBASE_API_KEY", "COINBASE_API_SECRET", "SLACK_WEBHOOK_URL", 
 LOADER_ENV = ("TICKMESH_CONF", "TICKMESH_DOTENV", "TICKMESH_SECRETS", "TICKMESH_PYTHON")
 
 
-def section_class(name: str):
+_LIGHT: dict = {}
+
+
+def section_class(name: str, light: bool = False):
+    """The section's config class. ``light``: loaded from its file alone, without importing the
+    node's package (numba, numpy, HTTP clients: seconds on a busy machine), for a check that must
+    finish before anything slow; every section's config module imports only ``nodes.config``."""
     spec = SECTIONS.get(name)
     if spec is None:
         raise ConfigError(f"{name}: unknown section{_did_you_mean(name, SECTIONS)}")
     mod, _, attr = spec.partition(":")
+    if light and mod != __name__:
+        m = _LIGHT.get(mod)
+        if m is None:
+            from importlib import util as _util
+            path = ROOT.joinpath(*mod.split(".")).with_suffix(".py")
+            spec_ = _util.spec_from_file_location(f"_tickmesh_light.{mod}", path)
+            m = _util.module_from_spec(spec_)
+            spec_.loader.exec_module(m)
+            _LIGHT[mod] = m
+        return getattr(m, attr)
     return getattr(importlib.import_module(mod), attr)
 
 
@@ -400,7 +416,8 @@ class Config:
     """The whole loaded configuration: ``.mesh``, ``.section(name)``, ``.secrets``; ``.sources``
     says which files and environment names it came from."""
 
-    def __init__(self, sections: dict, secrets: dict, path: Path, sources: dict = None):
+    def __init__(self, sections: dict, secrets: dict, path: Path, sources: dict = None, light: bool = False):
+        self._light = light
         self._sections = sections
         self.secrets = secrets
         self.path = path
@@ -416,7 +433,7 @@ class Config:
         if name not in SECTIONS:
             return None
         if name not in self._sections:
-            self._sections[name] = build(section_class(name), {}, name)
+            self._sections[name] = build(section_class(name, self._light), {}, name)
         return self._sections[name]
 
     def secret(self, name: str) -> Secret:
@@ -426,7 +443,7 @@ class Config:
         """A copy with one section's keys changed (tests, offline mode)."""
         secs = dict(self._sections)
         secs[name] = dataclasses.replace(self.section(name), **changes)
-        return Config(secs, self.secrets, self.path, self.sources)
+        return Config(secs, self.secrets, self.path, self.sources, self._light)
 
     def describe(self) -> str:
         """One line for a start-up log: the files read and the names of the secrets set (never
@@ -492,8 +509,11 @@ def resolve_env(env=None, read_dotenv: bool = True) -> tuple:
     return env, dot
 
 
-def load(path=None, env=None, *, read_dotenv: bool = True) -> Config:
-    """Load and validate. ``path`` defaults to ``TICKMESH_CONF`` or ``conf/mesh.toml``."""
+def load(path=None, env=None, *, read_dotenv: bool = True, light: bool = False) -> Config:
+    """Load and validate. ``path`` defaults to ``TICKMESH_CONF`` or ``conf/mesh.toml``.
+    ``light``: the section classes are loaded without their node packages (``section_class``):
+    the same checks in a fraction of the time, for a check before a node's imports; the Config
+    it returns is for that check only (its section objects are not the nodes' classes)."""
     env, dot = resolve_env(env, read_dotenv)
     path = Path(path or env.get("TICKMESH_CONF") or DEFAULT_CONF)
     try:
@@ -521,7 +541,7 @@ def load(path=None, env=None, *, read_dotenv: bool = True) -> Config:
             overrides[f"{sec}.{key}"] = ename
     sections = {}
     for name, data in raw.items():
-        cls = section_class(name)
+        cls = section_class(name, light)
         if not isinstance(data, dict):
             raise ConfigError(f"{name}: expected a table")
         hints = typing.get_type_hints(cls)
@@ -550,7 +570,7 @@ def load(path=None, env=None, *, read_dotenv: bool = True) -> Config:
     sources = {"config": str(path), "dotenv": str(dot) if dot else None,
                "secrets_file": str(sec_path) if sec_path else None, "secrets_found": found,
                "env_overrides": overrides}
-    return Config(sections, secrets, path, sources)
+    return Config(sections, secrets, path, sources, light)
 
 
 def check(cfg: Config, build_nodes: bool = True) -> list:

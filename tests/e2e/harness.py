@@ -50,9 +50,13 @@ class SupervisedMesh:
         while self.metrics_port in mesh_ports:
             self.metrics_port = free_port()
         (tmp / "mesh.toml").write_text(toml(self))
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_"))}
-        # alerts reach the test's local fake Slack/Teams only, never a real channel (alerts.mode)
-        e.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=PY, TICKMESH_ALERTS__MODE="local")
+        e = {k: v for k, v in os.environ.items()
+             if not k.startswith(("TICKMESH_", "SLACK_", "TEAMS_", "COINBASE_")) and k != "USE_OFFICIAL_SDK"}
+        # alerts reach the test's local fake Slack/Teams only, never a real channel (alerts.mode);
+        # the checkout's .env and conf/secrets.env are never read (a COINBASE_WS_URL in .env used to
+        # send every node of the test to another exchange): only this environment counts
+        e.update(TICKMESH_CONF=str(tmp / "mesh.toml"), TICKMESH_PYTHON=PY, TICKMESH_ALERTS__MODE="local",
+                 TICKMESH_DOTENV="", TICKMESH_SECRETS="")
         e.update(env)
         self.env = e
 
@@ -60,6 +64,13 @@ class SupervisedMesh:
         return subprocess.run(["make", "-s", "-C", str(ROOT), "-o", ".venv/.installed", target,
                                f"SUPERVISOR_CONF={self.conf}"], env=self.env, capture_output=True, text=True,
                               timeout=60)
+
+    def supervisord(self):
+        """supervisord started directly, as `make up` does but without its config check (what a
+        restart after someone edited the file meets)."""
+        (self.tmp / "var" / "log").mkdir(parents=True, exist_ok=True)
+        return subprocess.run([str(BIN / "supervisord"), "-c", str(self.conf)], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
 
     def supervisorctl(self, *args, timeout=30):
         return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], env=self.env,
