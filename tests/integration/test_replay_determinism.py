@@ -13,27 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from nodes.strategy import rl
 from tests.conftest import ROOT
 from tools.export import digest
-
-OFFLINE = ROOT / "nodes" / "offline.py"
-
-
-def _lockstep_available() -> bool:
-    """True once the market-data node accepts lockstep (what nodes.offline uses for replays)."""
-    try:
-        from nodes.marketdata.config import MarketDataConfig
-    except ImportError:
-        return False
-    import dataclasses
-    return any(f.name == "lockstep" for f in dataclasses.fields(MarketDataConfig))
-
-
-pytestmark = pytest.mark.skipif(not OFFLINE.exists(), reason="nodes/offline.py is not in this checkout")
-
 
 def _run(tmp: Path, name: str, src: Path, seed: int):
     state = tmp / name
@@ -47,12 +30,8 @@ def _run(tmp: Path, name: str, src: Path, seed: int):
     return digest([str(f) for f in files]), json.loads(summary.read_text())
 
 
-# Without lockstep the strategy's submits race the replay (it falls behind at --speed max), so risk's
-# feed state and the paper venue's book at fill time differ between runs: measured 1 identical pair
-# in 5. Not strict for that reason; once marketdata has `lockstep` this is an ordinary test.
-@pytest.mark.xfail(not _lockstep_available(), strict=False,
-                   reason="needs nodes.offline's lockstep replay (marketdata.lockstep): without it the "
-                          "strategy's submits race the replay and risk's feed state")
+# A replay runs in lockstep (marketdata.lockstep, nodes.offline's default for replays): without it
+# the strategy's submits raced the replay and only 1 pair of runs in 5 was identical.
 def test_same_file_same_seed_same_orders_and_pnl(tmp_path):
     src = tmp_path / "recorded.jsonl"
     rl.write_store_file(src, rl.synthetic_ticks(5, 1500, product="BTC-USD", start=65000.0, dt_ns=100_000_000))

@@ -12,13 +12,11 @@ import proto
 from proto import jsonl
 from nodes import config
 from nodes.client import RequestClient
+from nodes import execution, risk
+from nodes import marketdata as md
+from nodes.store import StoreNode
+from nodes.strategy import StrategyNode
 from tests.conftest import make_mesh, wait_until
-
-md = pytest.importorskip("nodes.marketdata")
-risk = pytest.importorskip("nodes.risk")
-execution = pytest.importorskip("nodes.execution")
-from nodes.store import StoreNode          # noqa: E402
-from nodes.strategy import StrategyNode    # noqa: E402
 
 
 @pytest.fixture
