@@ -1,4 +1,11 @@
-"""Replay a store JSON Lines file (``proto.jsonl``) into the node's normal publishing path.
+"""Replay store JSON Lines files (``proto.jsonl``) into the node's normal publishing path.
+
+What to replay (``resolve``): one file; a store directory (every ``*.jsonl`` in it); a glob
+(``var/store/events-20261128-*.jsonl``); or a comma-separated list of any of these. Files that a
+store rotated (each one's ``_open`` line names the file before it as ``previous``) are read one
+after the other as one recording; independent recordings (two stores, or ``tickmesh history
+fetch`` files of two products) are merged by exchange time (``ts_event``; ties in the order the
+files were named), so a multi-product replay interleaves its products as the market did.
 
 Two modes, chosen by the file's content:
 
@@ -16,16 +23,128 @@ the recorded exchange time; ``ts_recv`` is the replay time. When the file ends t
 ``ReplayDone``: the node logs it, counts it (``replay_done`` = 1 in the heartbeat), answers it in
 ``Query("replay")`` and publishes a final FeedStatus (``DISCONNECTED``, "replay finished").
 """
+import glob
+import heapq
+import itertools
+import json
+import re
 import threading
 import time
+from pathlib import Path
 
 import proto
+from nodes.config import ConfigError
 from proto import jsonl
 
 from .feed import Connected, Disconnected, ReplayDone
 from .normalize import L2Ev, Normalizer, TickEv, TradeEv
 
 BATCH = 256
+_GLOB = re.compile(r"[*?[]")
+
+
+def resolve(spec, bases=None) -> list:
+    """The store files a replay source names, as ``Path``s in the order given (a directory's and a
+    glob's files sorted by name: the store's names sort by day and index). ``spec``: a path, a
+    directory, a glob, a comma-separated list of those, or a list. A relative path is looked up
+    in each of ``bases`` (default: the current directory) in turn. Raises ConfigError naming
+    what matched nothing."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    parts = [p.strip() for item in items for p in (str(item).split(",") if isinstance(item, str) else [str(item)])]
+    bases = [Path(b) for b in (bases or [Path.cwd()])]
+    out, seen = [], set()
+    for part in parts:
+        if not part:
+            continue
+        p = Path(part).expanduser()
+        tries = [p] if p.is_absolute() else [b / p for b in bases]
+        found = []
+        for t in tries:
+            if _GLOB.search(str(t)):
+                found = sorted(Path(x) for x in glob.glob(str(t)) if Path(x).is_file())
+            elif t.is_dir():
+                found = sorted(x for x in t.glob("*.jsonl") if x.is_file())
+                if not found:
+                    raise ConfigError(f"marketdata.replay_file: no store files (*.jsonl) in directory {t}")
+            elif t.is_file():
+                found = [t]
+            if found:
+                break
+        if not found:
+            raise ConfigError(f"marketdata.replay_file: nothing matches {part!r} "
+                              f"(looked in {' and '.join(str(b) for b in bases)})"
+                              if not p.is_absolute() else f"marketdata.replay_file: nothing matches {part!r}")
+        for f in found:
+            r = f.resolve()
+            if r not in seen:
+                seen.add(r)
+                out.append(r)
+    if not out:
+        raise ConfigError("marketdata.replay_file: no file named")
+    return out
+
+
+def _previous(path: Path):
+    """The ``previous`` file named by a store file's ``_open`` line, or None."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+        if first.startswith(b'{"type":"_open"'):
+            prev = json.loads(first).get("previous")
+            return prev if isinstance(prev, str) and prev else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def recordings(paths) -> list:
+    """Group files into recordings: a store's rotated files chained by their ``_open`` line's
+    ``previous`` (same directory), each chain in order; a file that is no one's successor starts
+    a recording. Recordings keep the order of their first file in ``paths``."""
+    paths = list(paths)
+    index = {p: i for i, p in enumerate(paths)}
+    succ, has_prev = {}, set()
+    for p in paths:
+        prev = _previous(p)
+        if prev is not None:
+            q = p.parent / prev
+            if q in index and q not in succ and q != p:
+                succ[q] = p
+                has_prev.add(p)
+    chains, used = [], set()
+    for p in paths:
+        if p in has_prev or p in used:
+            continue
+        chain = []
+        while p is not None and p not in used:
+            chain.append(p)
+            used.add(p)
+            p = succ.get(p)
+        chains.append(chain)
+    chains.extend([p] for p in paths if p not in used)     # a cycle of "previous": each on its own
+    return chains
+
+
+def read_events(paths):
+    """Every Envelope of ``paths``: recordings one after the other inside, merged by ``ts_event``."""
+    chains = recordings(paths)
+    streams = [itertools.chain.from_iterable(jsonl.read(p) for p in c) for c in chains]
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda env: env.ts_event)
+
+
+def replay_products(spec, bases=None) -> tuple:
+    """The products of the market-data events in the files ``spec`` names (one pass over their bytes)."""
+    pat = re.compile(rb'"topic":"md\.(?:tick|trade|book)\.([A-Za-z0-9-]+)"')
+    found = set()
+    for path in resolve(spec, bases):
+        with open(path, "rb") as f:
+            for line in f:
+                m = pat.search(line, 0, 80)
+                if m:
+                    found.add(m.group(1).decode())
+    return tuple(sorted(found))
 
 
 class ReplaySource:
@@ -37,6 +156,7 @@ class ReplaySource:
         self.emit = emit
         self.log = log
         self.path = path
+        self.paths = resolve(path)
         self.speed = conf.speed
         self.batch = BATCH
         self._stop = threading.Event()
@@ -61,14 +181,18 @@ class ReplaySource:
         """A recording cannot be asked again: the books recover at the next recorded snapshot."""
 
     def info(self) -> dict:
-        return {"source": "replay", "file": str(self.path), "mode": self.mode,
+        return {"source": "replay", "file": str(self.path), "files": len(self.paths), "mode": self.mode,
                 "speed": self.conf.replay_speed, "done": self.done, "records": self.records,
                 "used": self.used, "skipped": self.skipped, "error": self.error}
 
     def _has_raw(self) -> bool:
+        return any(self._file_has_raw(p) for p in self.paths)
+
+    @staticmethod
+    def _file_has_raw(path) -> bool:
         # a file without the tag anywhere holds no RawFrame record: no need to parse it twice
         tag, tail = b"RawFrame", b""
-        with open(self.path, "rb") as f:
+        with open(path, "rb") as f:
             while True:
                 chunk = f.read(1 << 22)
                 if not chunk:
@@ -76,7 +200,7 @@ class ReplaySource:
                 if tag in tail + chunk:
                     break
                 tail = chunk[-len(tag):]
-        for env in jsonl.read(self.path):
+        for env in jsonl.read(path):
             if type(env.msg) is proto.RawFrame:
                 return True
         return False
@@ -86,7 +210,8 @@ class ReplaySource:
             self.mode = "raw" if self._has_raw() else "events"
         except (OSError, proto.DecodeError) as e:
             self.error = str(e)
-        self.log.info("replaying %s (%s mode, speed %s)", self.path, self.mode or "?", self.conf.replay_speed)
+        self.log.info("replaying %s (%d file%s, %s mode, speed %s)", self.path, len(self.paths),
+                      "" if len(self.paths) == 1 else "s", self.mode or "?", self.conf.replay_speed)
         batch: list = []
         conn = ""
         norms: dict = {}
@@ -101,7 +226,7 @@ class ReplaySource:
             if not raw_mode:
                 conn = "replay"
                 batch.append(Connected(conn, False))
-            for env in jsonl.read(self.path):
+            for env in read_events(self.paths):
                 if stop.is_set():
                     break
                 self.records += 1

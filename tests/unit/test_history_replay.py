@@ -1,0 +1,120 @@
+"""What a replay source may name (nodes/marketdata/replay.py): a file, a store directory, a glob, a
+list; rotated files read as one recording, independent recordings merged by exchange time. The
+source is driven without sockets: its ``emit`` callback collects what the node would publish."""
+import json
+import logging
+import threading
+from decimal import Decimal as D
+
+import pytest
+
+import proto
+from nodes.config import ConfigError
+from nodes.marketdata import MarketDataConfig
+from nodes.marketdata.normalize import TickEv, TradeEv
+from nodes.marketdata.replay import ReplaySource, read_events, recordings, replay_products, resolve
+from proto import jsonl
+
+T0 = 1793491200 * 10**9
+
+
+def _trade(product, i, ts):
+    return proto.Envelope(f"md.trade.{product}", i, "history", i, ts, ts, proto.Trade(product, str(i), D("100.01"),
+                                                                                     D("0.5"), "BUY"))
+
+
+def _write(path, envs, previous=None, header=True):
+    lines = []
+    if header:
+        lines.append(json.dumps({"type": "_open", "ts": 1, "format": "tickmesh.jsonl/1", "file": path.name,
+                                 "index": 0, "previous": previous}, separators=(",", ":")))
+    lines += [jsonl.dumps(e) for e in envs]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store directory: one recording rotated into three files, and a history file of ETH-USD."""
+    d = tmp_path / "store"
+    d.mkdir()
+    btc = [_trade("BTC-USD", i, T0 + i * 10) for i in range(1, 10)]
+    _write(d / "events-20261101-0000.jsonl", btc[:3])
+    _write(d / "events-20261101-0001.jsonl", btc[3:6], previous="events-20261101-0000.jsonl")
+    _write(d / "events-20261101-0002.jsonl", btc[6:], previous="events-20261101-0001.jsonl")
+    eth = [_trade("ETH-USD", 100 + i, T0 + i * 10 + 5) for i in range(0, 9)]
+    _write(d / "history-eth.jsonl", eth)
+    (d / "notes.txt").write_text("not a store file")
+    return d
+
+
+def test_resolve_takes_a_file_a_directory_a_glob_or_a_list(store, tmp_path, monkeypatch):
+    names = lambda ps: [p.name for p in ps]      # noqa: E731
+    f0 = store / "events-20261101-0000.jsonl"
+    assert resolve(f0) == [f0.resolve()]
+    assert names(resolve(store)) == ["events-20261101-0000.jsonl", "events-20261101-0001.jsonl",
+                                     "events-20261101-0002.jsonl", "history-eth.jsonl"]
+    assert names(resolve(str(store / "events-*.jsonl"))) == names(resolve(store))[:3]
+    both = f"{store / 'history-eth.jsonl'},{store / 'events-2026110?-000[01].jsonl'}"
+    assert names(resolve(both)) == ["history-eth.jsonl", "events-20261101-0000.jsonl", "events-20261101-0001.jsonl"]
+    assert names(resolve([store / "history-eth.jsonl", f0, f0])) == ["history-eth.jsonl", f0.name]   # once each
+    monkeypatch.chdir(tmp_path)
+    assert names(resolve("store/history-eth.jsonl")) == ["history-eth.jsonl"]
+    assert names(resolve("history-eth.jsonl", bases=[tmp_path / "nowhere", store])) == ["history-eth.jsonl"]
+    with pytest.raises(ConfigError, match="marketdata.replay_file: nothing matches 'missing.jsonl'"):
+        resolve("missing.jsonl")
+    with pytest.raises(ConfigError, match="nothing matches"):
+        resolve(str(store / "*.csv"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no store files"):
+        resolve(tmp_path / "empty")
+
+
+def test_rotated_files_are_one_recording_and_recordings_merge_by_exchange_time(store):
+    files = resolve(store)
+    assert [[p.name for p in c] for c in recordings(files)] == [
+        ["events-20261101-0000.jsonl", "events-20261101-0001.jsonl", "events-20261101-0002.jsonl"],
+        ["history-eth.jsonl"]]
+    # named out of order, a rotated set still reads in its own order
+    assert [[p.name for p in c] for c in recordings(list(reversed(files[:3])))] == [
+        ["events-20261101-0000.jsonl", "events-20261101-0001.jsonl", "events-20261101-0002.jsonl"]]
+    evs = list(read_events(files))
+    assert [e.ts_event for e in evs] == sorted(e.ts_event for e in evs) and len(evs) == 18
+    assert [e.msg.product for e in evs[:4]] == ["ETH-USD", "BTC-USD", "ETH-USD", "BTC-USD"]
+    assert replay_products(store) == ("BTC-USD", "ETH-USD")
+    assert replay_products(store / "history-eth.jsonl") == ("ETH-USD",)
+
+
+def _replay(spec, products):
+    got, done = [], threading.Event()
+
+    def emit(batch, wait=False):
+        for ev in batch:
+            if type(ev).__name__ == "ReplayDone":
+                done.set()
+            got.append(ev)
+        return True
+
+    conf = MarketDataConfig(source="replay", replay_file="x", replay_speed="max")
+    src = ReplaySource(conf, products, emit, logging.getLogger("test"), spec)
+    src.start()
+    assert done.wait(10), "replay did not finish"
+    src.stop()
+    return src, got
+
+
+def test_a_replay_source_plays_a_whole_store_directory(store):
+    src, got = _replay(store, ["BTC-USD", "ETH-USD"])
+    trades = [e for e in got if type(e) is TradeEv]
+    assert [(e.product, e.trade_id) for e in trades][:3] == [("ETH-USD", "100"), ("BTC-USD", "1"), ("ETH-USD", "101")]
+    assert len(trades) == 18 and [e.ts_event for e in trades] == sorted(e.ts_event for e in trades)
+    assert src.info()["files"] == 4 and src.info()["used"] == 18 and src.info()["error"] == ""
+    src, got = _replay(f"{store / 'events-*.jsonl'}", ["BTC-USD"])
+    assert [e.trade_id for e in got if type(e) is TradeEv] == [str(i) for i in range(1, 10)]
+    assert not [e for e in got if type(e) is TickEv]
+
+
+def test_a_replay_source_refuses_a_path_that_names_nothing(tmp_path):
+    conf = MarketDataConfig(source="replay", replay_file="x", replay_speed="max")
+    with pytest.raises(ConfigError, match="marketdata.replay_file"):
+        ReplaySource(conf, ["BTC-USD"], lambda b, wait=False: True, logging.getLogger("test"), tmp_path / "none-*.jsonl")
