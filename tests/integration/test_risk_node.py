@@ -1,12 +1,12 @@
-"""The risk node over real sockets on tcp, ipc and inproc: answering checks, publishing its events,
-the kill switch surviving a node restart, automatic triggers from bus events, flatten on halt.
+"""The risk node over real sockets on tcp, ipc and inproc: publishing its state (snapshots on
+change and periodically, bands), serving ctl and queries but not orders, the kill switch surviving
+a node restart, automatic triggers from bus events.
 
 Other nodes are stood in for by plain PUB sockets bound at their endpoints (publishing the events
 the real nodes publish, through the real codec); nothing waits with sleeps: publishers repeat until
 risk's own state (asked over its request socket) or its published events show the effect.
 """
 import os
-import threading
 import time
 from decimal import Decimal as D
 
@@ -14,8 +14,8 @@ import pytest
 import zmq
 
 import proto
-from proto import (Book, Code, FeedStatus, Heartbeat, KillSwitchCmd, OrderIntent, Position, ProcessEvent,
-                   Query, Reply, RiskDecision, Tick, topics)
+from proto import (Code, FeedStatus, Heartbeat, KillSwitchCmd, OrderIntent, ProcessEvent, Query, RiskSnapshot,
+                   Tick, topics)
 from nodes.client import RequestClient
 from nodes.risk import RiskNode
 from nodes.risk.config import RiskConfig
@@ -96,7 +96,6 @@ def feed_market(md, risk):
             md.send(topics.tick(P), Tick(P, px, px - 1, D(1), px + 1, D(1), D(100)))
             i[0] += 1
         md.send(topics.md_status(P), FeedStatus(P, True, "OK", "", 0.1))
-        md.send(topics.book(P), Book(P, [[D("65004.00"), D("0.5")]], [[D("65006.00"), D("0.5")]]))
 
     def ready():
         f = risk.call(Query("risk"))["feeds"][P]
@@ -104,37 +103,35 @@ def feed_market(md, risk):
     pump(send, ready)
 
 
-def test_risk_answers_checks_and_publishes(mesh, ctx, node_factory, client, collector):
+def test_risk_publishes_its_state_and_is_not_on_the_order_path(mesh, ctx, node_factory, client, collector):
     node_factory(mesh)
     risk = client(mesh)
     sub = collector(mesh, ["risk"], ["risk."])
     md = Peer(ctx, mesh, "marketdata")
     try:
-        # no market data yet: refused, fail closed
-        r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("0.01"), limit_price=D("65006.00"),
-                                     client_order_id="early"))
-        assert not r.ok and r.code == Code.NO_MARKET_DATA and type(r.data) is RiskDecision
+        first = sub.wait_for(lambda e: e.topic == topics.RISK_SNAPSHOT).msg   # periodic, before any market data
+        assert first.state == "ACTIVE" and not first.killswitch and first.max_age_ms == 2000
+        assert first.products[P]["feed"] == Code.FEED_STALE and first.products[P]["band"] == ""
+        assert first.products[P]["max_order_notional"] == "30000"
+        # an order is not risk's to decide any more: it says so (execution checks in-process)
+        r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("0.01"), limit_price=D("65006.00")))
+        assert not r.ok and r.code == Code.UNKNOWN_REQUEST
         feed_market(md, risk)
-        sub.wait_for(lambda e: e.topic == topics.RISK_EXPOSURE)        # our subscription is live
-        r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("0.01"), limit_price=D("65006.00"),
-                                     client_order_id="ok-1"))
-        assert r.ok and r.code == Code.OK and r.data.approved and r.data.client_order_id == "ok-1"
-        assert 0 < r.data.compute_ns < 1_000_000
-        ev = sub.wait_for(lambda e: e.topic == topics.RISK_DECISION and e.msg.client_order_id == "ok-1")
-        assert ev.msg.approved and ev.source == "risk"
-        r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("1"), limit_price=D("65006.00"),
-                                     client_order_id="big"))
-        assert not r.ok and r.code == Code.MAX_NOTIONAL and "notional" in r.reason
-        sub.wait_for(lambda e: e.topic == topics.RISK_DECISION and e.msg.client_order_id == "big"
-                     and e.msg.code == Code.MAX_NOTIONAL)
-        r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("0.01"), limit_price=D("66000.00")))
-        assert r.code == Code.VOL_BAND
-        band = sub.wait_for(lambda e: e.topic == topics.band(P) and e.msg.band_high > 0).msg
+        # the feed verdict changed: a snapshot at once, healthy, and the band ready
+        snap = sub.wait_for(lambda e: e.topic == topics.RISK_SNAPSHOT and e.msg.products[P]["feed"] == ""
+                            and e.msg.products[P]["band"] != "").msg
+        assert snap.epoch_ns == first.epoch_ns and snap.version > first.version
+        band = sub.wait_for(lambda e: e.topic == topics.band(P) and e.msg.width is not None).msg
         assert band.band_low < band.mid < band.band_high and band.stddev > 0 and band.method == "stddev"
-        exp = sub.wait_for(lambda e: e.topic == topics.RISK_EXPOSURE).msg
-        assert exp.state == "ACTIVE" and exp.killswitch is False
-        q = risk.call(Query("risk"))
-        assert q["state"] == "ACTIVE" and "ok-1" in q["pending"] and q["bands"][P].band_high == band.band_high
+        assert D(snap.products[P]["band"]) > 0
+        q = risk.call(Query("snapshot"))
+        assert type(q) is RiskSnapshot and q.epoch_ns == first.epoch_ns and q.version > snap.version
+        # the kill switch: a snapshot the moment it engages
+        assert risk.request(KillSwitchCmd("engage", "publish test")).ok
+        ks = sub.wait_for(lambda e: e.topic == topics.RISK_SNAPSHOT and e.msg.killswitch).msg
+        assert ks.state == "HALTED" and ks.ks_reason == "publish test" and ks.ks_source == "manual"
+        bands = risk.call(Query("bands", P))
+        assert bands[P].width == band.width or bands[P].width > 0
     finally:
         md.close()
 
@@ -142,8 +139,8 @@ def test_risk_answers_checks_and_publishes(mesh, ctx, node_factory, client, coll
 def test_kill_switch_survives_a_node_restart(mesh, ctx, node_factory, client, collector):
     n1 = node_factory(mesh)
     risk = client(mesh)
-    sub = collector(mesh, ["risk"], [topics.RISK_KILLSWITCH, topics.RISK_EXPOSURE])
-    sub.wait_for(lambda e: e.topic == topics.RISK_EXPOSURE)
+    sub = collector(mesh, ["risk"], [topics.RISK_KILLSWITCH, topics.RISK_SNAPSHOT])
+    sub.wait_for(lambda e: e.topic == topics.RISK_SNAPSHOT)
     r = risk.request(KillSwitchCmd("engage", "integration test"))
     assert r.ok and r.data.engaged and r.data.source == "manual"
     ev = sub.wait_for(lambda e: e.topic == topics.RISK_KILLSWITCH)
@@ -154,8 +151,8 @@ def test_kill_switch_survives_a_node_restart(mesh, ctx, node_factory, client, co
     node_factory(mesh)                                     # a new node on the same state dir
     r = risk.request(KillSwitchCmd("status"))
     assert r.ok and r.data.engaged and r.data.reason == "integration test" and "HALTED" in r.reason
-    r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("0.01"), limit_price=D("65006.00")))
-    assert not r.ok and r.code == Code.KILL_SWITCH
+    snap = risk.call(Query("snapshot"))
+    assert snap.killswitch and snap.state == "HALTED" and snap.ks_reason == "integration test"
     assert risk.call(Query("risk"))["state"] == "HALTED"
     r = risk.request(KillSwitchCmd("release", "done"))
     assert r.ok and not r.data.engaged
@@ -165,8 +162,8 @@ def test_kill_switch_survives_a_node_restart(mesh, ctx, node_factory, client, co
 def test_execution_heartbeat_loss_engages(mesh, ctx, node_factory, client, collector):
     node_factory(mesh, execution_heartbeat_timeout_s=0.5)
     risk = client(mesh)
-    sub = collector(mesh, ["risk"], [topics.RISK_KILLSWITCH, topics.RISK_EXPOSURE])
-    sub.wait_for(lambda e: e.topic == topics.RISK_EXPOSURE)
+    sub = collector(mesh, ["risk"], [topics.RISK_KILLSWITCH, topics.RISK_SNAPSHOT])
+    sub.wait_for(lambda e: e.topic == topics.RISK_SNAPSHOT)
     ex = Peer(ctx, mesh, "execution")
     try:
         pump(lambda: ex.send(topics.heartbeat("execution"),
@@ -193,73 +190,3 @@ def test_supervisord_fatal_for_execution_engages(mesh, ctx, node_factory, client
         assert r.data.source == "auto:execution_down" and "FATAL" in r.data.reason
     finally:
         sup.close()
-
-
-class StandInExecution(threading.Thread):
-    """Plays execution's request side: receives risk's flatten exits on execution's ROUTER, checks
-    each with risk (as execution does before every order) and replies with risk's answer."""
-
-    def __init__(self, ctx, mesh):
-        super().__init__(daemon=True)
-        self.ctx, self.mesh = ctx, mesh
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-        self.got = []
-
-    def run(self):
-        if self.mesh.transport == "ipc":
-            os.makedirs(self.mesh.ipc_path(), exist_ok=True)
-        rep = self.ctx.socket(zmq.ROUTER)
-        rep.setsockopt(zmq.LINGER, 0)
-        rep.bind(self.mesh.endpoint("execution", "rep", bind=True))
-        risk = RequestClient.for_node(self.mesh, "risk", context=self.ctx, source="execution", timeout_ms=2000)
-        enc = proto.Encoder("execution")
-        self.ready.set()
-        try:
-            while not self.stop.is_set():
-                if not rep.poll(50):
-                    continue
-                head = rep.recv_multipart()
-                req = proto.decode(head[-1])
-                answer = risk.request(req.msg)
-                self.got.append((req.source, req.msg, answer))
-                rep.send_multipart(head[:-1] + [enc.encode("rep", Reply(answer.ok, answer.code, answer.reason),
-                                                         msg_id=req.msg_id)])
-        finally:
-            risk.close()
-            rep.close(linger=0)
-
-
-def test_flatten_on_halt_sends_reduce_only_exits(mesh, ctx, node_factory, client):
-    stand_in = StandInExecution(ctx, mesh)
-    stand_in.start()
-    assert stand_in.ready.wait(5)
-    try:
-        node_factory(mesh, flatten_on_halt=True)
-        risk = client(mesh)
-        md, ex = Peer(ctx, mesh, "marketdata"), Peer(ctx, mesh, "execution")
-        try:
-            feed_market(md, risk)
-            pos = Position(P, D("0.3"), D("65000"), D(0), D(0), D("19501.5"), D("65005"), D(0))
-            pump(lambda: ex.send(topics.position(P), pos),
-                 lambda: risk.call(Query("risk"))["exposure"].positions[P] == D("0.3"))
-            md.send(topics.md_status(P), FeedStatus(P, True, "OK", "", 0.1))
-            assert risk.request(KillSwitchCmd("engage", "flatten test")).ok
-            deadline = time.monotonic() + 5
-            while not stand_in.got and time.monotonic() < deadline:
-                md.send(topics.md_status(P), FeedStatus(P, True, "OK", "", 0.1))   # keep the feed fresh
-                risk.call(Query("status"))                                        # a round trip, not a sleep
-            assert stand_in.got, "risk sent no exit"
-            source, intent, answer = stand_in.got[0]
-            assert source == "risk" and intent.product == P and intent.side == "SELL"
-            assert intent.size == D("0.3") and intent.reduce_only and intent.order_type == "MARKET"
-            assert answer.ok and answer.code == Code.OK, answer
-            # anything else is still refused while halted
-            r = risk.request(OrderIntent(P, "BUY", "LIMIT", size=D("0.01"), limit_price=D("65006.00")))
-            assert r.code == Code.KILL_SWITCH
-        finally:
-            md.close()
-            ex.close()
-    finally:
-        stand_in.stop.set()
-        stand_in.join(2)
