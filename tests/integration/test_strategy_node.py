@@ -1,7 +1,8 @@
 """The strategy node over real sockets: market data from a PUB bound on the market-data endpoint,
 risk events from a PUB on the risk endpoint, and orders answered by a small ROUTER responder bound
 on the execution endpoint (which, like execution, publishes the Fill and then the order.filled
-event of every order it fills)."""
+event of every order it fills, says it is ready, and answers the positions a restarted strategy
+asks for). Submissions are asynchronous: the node's loop never waits for the answer."""
 import os
 import threading
 from decimal import Decimal
@@ -39,6 +40,9 @@ class Venue(threading.Thread):
         self.ctx, self.mesh = ctx, mesh
         self.policy = lambda intent: "fill"
         self.intents = []
+        self.held = {}                  # what Query("positions", "strategies") answers
+        self.exec_ready = True          # what Query("pretrade") answers
+        self.queries = []
         self.warm = threading.Event()
         self.stop_ev = threading.Event()
         self.ready = threading.Event()
@@ -58,6 +62,14 @@ class Venue(threading.Thread):
                 frames = rtr.recv_multipart()
                 head, env = frames[:-1], proto.decode(frames[-1])
                 it = env.msg
+                if type(it) is proto.Query:
+                    self.queries.append(it)
+                    data = ({"ready": self.exec_ready, "why_not": "" if self.exec_ready else "no risk state"}
+                            if it.what == "pretrade" else
+                            {"strategies": self.held, "recent_fills": []})
+                    rtr.send_multipart(head + [enc.encode("rep", proto.Reply(True, Code.OK, "", data),
+                                                          msg_id=env.msg_id)])
+                    continue
                 self.intents.append(it)
                 what = self.policy(it)
                 if what == "silent":
@@ -111,7 +123,7 @@ class Rig:
     def _seen(self, source):
         return any(src == source for src, _ in list(self.node._seqs))
 
-    def warm(self):
+    def warm_feeds(self):
         probe = proto.Tick("PROBE-USD", Decimal(1), Decimal(1), Decimal(1), Decimal(1), Decimal(1), Decimal(0))
 
         def md_seen():
@@ -129,6 +141,10 @@ class Rig:
         wait_until(risk_seen, 5, interval=0.002, what="strategy subscribed to risk")
         wait_until(lambda: self._seen("execution"), 5, what="strategy subscribed to execution")
         self.venue.warm.set()
+
+    def warm(self):
+        self.warm_feeds()
+        wait_until(lambda: self.node.exec_ready and self.node.restored, 5, what="strategy ready")
 
     def tick(self, price, dt_s=0.1):
         """Publish one BTC-USD tick ``dt_s`` of market time after the previous one; wait until handled."""
@@ -258,7 +274,7 @@ def test_starts_with_the_kill_switch_state_risk_reports(short_tmp, ctx, rig_fact
     t.start()
     try:
         r = rig_factory(mesh)
-        assert answered.is_set() and r.node.gate.killswitch
+        wait_until(lambda: answered.is_set() and r.node.gate.killswitch, 5, what="risk's answer")
         for p in ("100", "100", "100", "100", "101"):
             r.tick(p)
         assert r.venue.intents == [] and r.node.c["suppressed_killswitch"] == 1
@@ -272,7 +288,8 @@ def test_a_silent_execution_times_out_and_the_order_stays_pending(short_tmp, rig
     r.venue.policy = lambda it: "silent"
     for p in ("100", "100", "100", "100", "101"):
         r.tick(p)
-    assert r.node.c["submit_timeouts"] == 1 and len(r.venue.intents) == 1
+    wait_until(lambda: r.node.c["submit_timeouts"] == 1, 5, what="the submit's timeout")
+    assert len(r.venue.intents) == 1
     for p in ("102", "103"):
         r.tick(p, dt_s=1.5)                           # 3 s later: past the backoff, outcome still unknown
     assert r.node.c["suppressed_pending"] == 2 and len(r.venue.intents) == 1
@@ -280,3 +297,37 @@ def test_a_silent_execution_times_out_and_the_order_stays_pending(short_tmp, rig
     r.tick("104", dt_s=2.5)                           # 5.5 s after the submit: pending expired, try again
     wait_until(lambda: len(r.venue.intents) == 2, 5, what="second attempt")
     assert r.node.gate.expired_pending == 1
+
+
+def test_a_restarted_strategy_starts_from_the_positions_execution_holds(short_tmp, ctx):
+    """Execution says the sma plugin holds 0.002 BTC: the plugin starts there (not flat), so it
+    sells on the next cross down instead of waiting to buy first."""
+    mesh = make_mesh("tcp", short_tmp)
+    r = Rig(ctx, mesh)
+    try:
+        r.venue.held = {"sma": {"BTC-USD": Decimal("0.002")}}
+        r.warm()
+        assert r.node.positions["sma"] == {"BTC-USD": Decimal("0.002")}
+        assert any(q.what == "positions" and q.arg == "strategies" for q in r.venue.queries)
+        for p in ("100", "100", "100", "100", "99"):
+            r.tick(p)
+        wait_until(lambda: r.venue.intents, 5, what="an order")
+        assert r.venue.intents[0].side == "SELL"
+    finally:
+        r.close()
+
+
+def test_nothing_is_sent_before_execution_is_ready(short_tmp, ctx):
+    mesh = make_mesh("tcp", short_tmp)
+    r = Rig(ctx, mesh)
+    try:
+        r.venue.exec_ready = False                  # execution: "no risk state yet"
+        r.warm_feeds()
+        wait_until(lambda: r.node.restored and any(q.what == "pretrade" for q in r.venue.queries), 5,
+                   what="the strategy asking")
+        assert not r.node.exec_ready
+        for p in ("100", "100", "100", "100", "101"):
+            r.tick(p)
+        assert r.venue.intents == [] and r.node.c["suppressed_not_ready"] == 1
+    finally:
+        r.close()
