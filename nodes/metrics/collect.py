@@ -105,7 +105,7 @@ class _HeartbeatCollector:
                 elif k in fams:
                     fams[k].add_metric([node], float(v))
             age_ms = hb.counters.get(RISK_STATE_AGE_KEY)
-            if type(age_ms) is int and age_ms >= 0:
+            if type(age_ms) in (int, float) and age_ms >= 0:
                 risk_age.add_metric([node], age_ms / 1000)
         if own is not None:             # the hosting node does not hear its own heartbeats
             node, uptime_s, counters, bus_gaps = own
@@ -259,7 +259,7 @@ class MeshMetrics:
             proto.FeedGap: self._feed_gap, proto.FeedStale: self._feed_stale_ev,
             proto.Order: self._order, proto.Fill: self._fill, proto.Position: self._position,
             proto.PnL: self._pnl, proto.RiskDecision: self._decision, proto.RiskState: self._risk_state,
-            proto.RiskBand: self._band,
+            proto.RiskBand: self._band, proto.RiskSnapshot: self._snapshot,
             proto.KillSwitch: self._killswitch, proto.RiskExposure: self._exposure,
             proto.Heartbeat: self._heartbeat, proto.ProcessEvent: self._process,
             proto.AlertEvent: self._alert,
@@ -377,9 +377,18 @@ class MeshMetrics:
             self.risk_compute.observe(d.compute_ns / 1e9)
 
     def _risk_state(self, env):
-        s = env.msg.state
+        self._set_trading_state(env.msg.state)
+
+    def _set_trading_state(self, s):
         for st in set(TRADING_STATES) | {s}:
             self.trading_state.labels(st).set(1 if st == s else 0)
+
+    def _snapshot(self, env):
+        """risk.snapshot, every publish interval: the state and kill switch are known again soon
+        after a metrics restart, without waiting for their next change."""
+        snap = env.msg
+        self._set_trading_state(snap.state)
+        self.killswitch.set(1 if snap.killswitch else 0)
 
     def _band(self, env):
         b = env.msg

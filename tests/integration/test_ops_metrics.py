@@ -105,6 +105,52 @@ def test_scrape_and_parse(mesh, ctx):
     assert not m.alive and m._server is None
 
 
+class Execution(Source):
+    """Execution's heartbeat counters as the execution node reports them: its risk state's age."""
+    age_ms = None
+
+    def extra_counters(self):
+        return {} if self.age_ms is None else {"risk_state_age_ms": self.age_ms}
+
+
+def test_bands_risk_state_age_and_process_metrics(mesh, ctx):
+    m = MetricsNode(mesh, MetricsConfig(port=0), context=ctx).start()
+    ex = Execution(mesh, "execution", context=ctx).start()
+    risk = Source(mesh, "risk", context=ctx).start()
+    try:
+        wait_sample(m.port, "tickmesh_node_up", 1.0, node="execution")
+        wait_sample(m.port, "tickmesh_node_up", 1.0, node="risk")
+        assert sample(m.port, "tickmesh_risk_state_age_seconds", node="execution") is None   # not reported yet
+        ex.age_ms = 750                                # the next heartbeat carries it
+        wait_sample(m.port, "tickmesh_risk_state_age_seconds", 0.75, node="execution")
+        risk.send(topics.band("BTC-USD"), proto.RiskBand("BTC-USD", D("65010"), D("65000"), 0.0012, 0.0015, 42.5,
+                                                         D("64870"), D("65130"), "atr"))
+        risk.send(topics.RISK_SNAPSHOT, proto.RiskSnapshot(1, 1, 2000, "REDUCING", "test", True, "manual", "t", 1,
+                                                           False, D("100000"), 10, {}))
+        wait_sample(m.port, "tickmesh_trading_state", 1.0, state="REDUCING")
+        s = scrape(m.port)
+        get = lambda name, **lb: s.get((name, frozenset(lb.items())))  # noqa: E731
+        assert get("tickmesh_risk_band_quote", product="BTC-USD", kind="low") == 64870
+        assert get("tickmesh_risk_band_quote", product="BTC-USD", kind="mid") == 65000
+        assert get("tickmesh_risk_band_quote", product="BTC-USD", kind="high") == 65130
+        assert get("tickmesh_risk_atr_quote", product="BTC-USD") == 42.5
+        assert get("tickmesh_killswitch_engaged") == 1
+        assert get("tickmesh_build_info", version="0.1.0", **{k: v for k, v in _build_labels().items()
+                                                               if k != "version"}) == 1
+        assert get("process_resident_memory_bytes") > 1e6 and get("process_open_fds") > 0
+        assert not [k for k in s if k[0].endswith("_created")]
+        assert not [k for k in s if k[0] == "tickmesh_metrics_unknown_events_total"]
+    finally:
+        risk.stop()
+        ex.stop()
+        m.stop()
+
+
+def _build_labels():
+    from nodes.metrics.collect import build_labels
+    return build_labels()
+
+
 def test_two_metrics_nodes_in_one_process(short_tmp, ctx):
     a = MetricsNode(make_mesh("tcp", short_tmp / "a"), MetricsConfig(port=0), context=ctx).start()
     b = MetricsNode(make_mesh("tcp", short_tmp / "b"), MetricsConfig(port=0), context=ctx).start()
