@@ -10,7 +10,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from . import ReportError, write_comparison, write_report
-from .figures import headline
 from .html import money
 
 
@@ -22,17 +21,17 @@ def _runs(inputs) -> list:
 
 
 def _print_headline(run):
-    h = headline(run)
+    f = run.total.figures(run)
     pct = lambda v: "-" if v is None else f"{v * 100:.4g}%"   # noqa: E731
     ratio = lambda v: "-" if v is None else f"{v:.3f}"        # noqa: E731
-    print(f"  return {pct(h['return'])}  net PnL {money(run.total.net)}  Sharpe {ratio(h['sharpe'])} "
-          f"({h['sharpe_interval']} returns, 365-day year)  max drawdown {money(run.total.dd)} "
-          f"({pct(h['max_drawdown_pct'])})  win rate {pct(h['win_rate'])}  trades {h['trades']} "
-          f"(+{h['open_trades']} open)  fees {money(run.total.fees)}")
+    print(f"  return {pct(f['return'])}  net PnL {money(f['net_pnl'])}  Sharpe {ratio(f['sharpe'])} "
+          f"({run.interval_name} returns, 365-day year)  max drawdown {money(f['max_drawdown'])} "
+          f"({pct(f['max_drawdown_pct'])})  win rate {pct(f['win_rate'])}  trades {f['trades']} "
+          f"(+{f['open_trades']} open)  fees {money(f['fees'])}")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tickmesh report", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(prog="tickmesh report", description="the run report: figures and charts of a run (or several, compared) in report.html")
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|STORE_FILE")
     p.add_argument("--out", metavar="DIR", help="where report.html goes (default: the run dir, or the store "
                                                 "file's dir; for a comparison, the current dir)")
