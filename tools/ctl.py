@@ -1,6 +1,6 @@
 """``tickmesh ctl``: operate a running mesh over its request/reply sockets.
 
-    tickmesh ctl status                          every node: up/down, pid, uptime, counters
+    tickmesh ctl status [--json]                 every node up/down, trading state, kill switch, feeds
     tickmesh ctl killswitch engage --reason "manual halt"
     tickmesh ctl killswitch release|status|reduce|resume
     tickmesh ctl order buy BTC-USD 0.01 [--limit 65000] [--tif GTC|IOC|FOK] [--post-only]
@@ -11,14 +11,23 @@
     tickmesh ctl query NODE WHAT [ARG]           any Query (e.g. `query risk risk`)
 
 ``status`` listens to heartbeats for ~1.5 heartbeat intervals and asks every node ``Query("status")``
-in parallel. The others send one request to risk (killswitch) or execution (the rest).
+in parallel, then risk for the trading state and kill switch (``Query("risk")``) and marketdata for
+feed health (``Query("feed")``). The others send one request to risk (killswitch) or execution.
+
+Output for people: money to the product's increments (prices and average costs to
+``mesh.product_specs.<P>.quote_increment``, sizes to its ``base_increment``, PnL and other cash to
+the cent), times ISO-8601 UTC, tables that do not fit the terminal shown as one block per row.
+``--json`` (before or after the command) gives the exact values instead.
 
 Exit status: 0 done; 1 the node answered no (risk rejected the order, unknown order, ...) or, for
 ``status``, an expected node is down; 2 bad arguments (usage printed); 3 a node did not answer in
-time (it is down or restarting: see ``supervisorctl status``).
+time (it is down or restarting: see ``supervisorctl status``); 4 (``status``) trading is halted:
+the kill switch is engaged or risk's state is HALTED.
 """
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 import uuid
@@ -30,7 +39,7 @@ import zmq
 import proto
 from proto import CancelAll, CancelOrder, KillSwitchCmd, OrderIntent, Query, topics
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_HALTED = 0, 1, 2, 3, 4
 # The nodes supervisord runs (supervisord.conf); `status` exits 1 when one of these is down.
 EXPECTED = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts", "supervisor")
 
@@ -45,6 +54,78 @@ def _plain(v):
     return proto.to_plain(v)
 
 
+CENT = Decimal("0.01")
+
+
+def iso(ns: int) -> str:
+    """Epoch nanoseconds -> ISO-8601 UTC with milliseconds (``2026-12-04T19:57:46.017Z``)."""
+    if not ns:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns // 1_000_000 % 1000:03d}Z"
+
+
+def _is_epoch_ns(k, v) -> bool:
+    return isinstance(k, str) and k.endswith("_ns") and type(v) is int and v > 10**17
+
+
+def _times(v):
+    """Epoch-nanosecond fields (``*_ns``) as ISO-8601 UTC, the ``_ns`` dropped from the key."""
+    if isinstance(v, dict):
+        return {(k[:-3] if _is_epoch_ns(k, x) else k): (iso(x) if _is_epoch_ns(k, x) else _times(x))
+                for k, x in v.items()}
+    if isinstance(v, list):
+        return [_times(x) for x in v]
+    return v
+
+
+class Money:
+    """Money and sizes to the product's increments, from the one source: ``mesh.product_specs``."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+
+    def _q(self, v, step):
+        if v is None or step is None or not isinstance(v, Decimal) or not v.is_finite():
+            return v
+        return v.quantize(step)
+
+    def price(self, product, v):
+        spec = self.mesh.spec(product)
+        return self._q(v, spec.quote_increment if spec else CENT)
+
+    def size(self, product, v):
+        spec = self.mesh.spec(product)
+        q = self._q(v, spec.base_increment if spec else None)
+        if isinstance(q, Decimal) and q.is_finite():
+            t = format(q, "f")                 # to the increment, without trailing zeros
+            return Decimal(t.rstrip("0").rstrip(".") if "." in t else t)
+        return q
+
+    def cash(self, v):
+        return self._q(v, CENT)
+
+    def record(self, r):
+        """A Position, PnL or Order with its money fields to the increments (other data unchanged)."""
+        if isinstance(r, proto.Position):
+            p = r.product
+            return r._replace(qty=self.size(p, r.qty), avg_cost=self.price(p, r.avg_cost), mark=self.price(p, r.mark),
+                              realized_pnl=self.cash(r.realized_pnl), unrealized_pnl=self.cash(r.unrealized_pnl),
+                              exposure=self.cash(r.exposure), fees=self.cash(r.fees))
+        if isinstance(r, proto.PnL):
+            return r._replace(realized=self.cash(r.realized), unrealized=self.cash(r.unrealized),
+                              daily=self.cash(r.daily), equity=self.cash(r.equity), fees=self.cash(r.fees))
+        if isinstance(r, proto.Order):
+            p = r.product
+            return r._replace(size=self.size(p, r.size), quote_size=self.cash(r.quote_size),
+                              limit_price=self.price(p, r.limit_price), filled_size=self.size(p, r.filled_size),
+                              avg_price=self.price(p, r.avg_price), fees=self.cash(r.fees),
+                              last_fill_size=self.size(p, r.last_fill_size),
+                              last_fill_price=self.price(p, r.last_fill_price))
+        if isinstance(r, list):
+            return [self.record(x) for x in r]
+        return r
+
+
 def _cell(v) -> str:
     if v is None:
         return "-"
@@ -55,20 +136,30 @@ def _cell(v) -> str:
     return str(v)
 
 
-def table(rows: list, columns: list = None) -> str:
-    """Aligned columns from a list of dicts."""
+def term_width() -> int:
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def table(rows: list, columns: list = None, width: int = None) -> str:
+    """Aligned columns from a list of dicts; one ``key: value`` block per row when the columns
+    would not fit ``width`` (the terminal's)."""
     if not rows:
         return "(none)"
+    width = width or term_width()
     cols = columns or list(dict.fromkeys(k for r in rows for k in r))
     cells = [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    if sum(widths) + 2 * (len(widths) - 1) > width:
+        kw = max(len(c) for c in cols)
+        blocks = ["\n".join(f"{c:<{kw}}  {x}" for c, x in zip(cols, row)) for row in cells]
+        return "\n\n".join(blocks)
     head = "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))
     return "\n".join([head.rstrip()] + ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in cells])
 
 
 def render(data) -> str:
     """Human view of a reply's data: records and dicts as key: value, lists as tables."""
-    p = _plain(data)
+    p = _times(_plain(data))
     if isinstance(p, list):
         if all(isinstance(x, dict) for x in p):
             return table(p)
@@ -90,7 +181,7 @@ def describe_order(o) -> str:
     fill = f", filled {o.filled_size} @ {o.avg_price}" if o.filled_size else ""
     why = f" ({o.code}: {o.reason})" if o.code not in ("OK", "") or o.reason else ""
     return (f"{o.client_order_id} {o.status} {o.side} {size} {o.product} {o.order_type}{price} "
-            f"{o.tif}{fill}{why} [{o.venue}]")
+            f"{o.tif}{fill}{why} [{o.venue}] {iso(o.updated_ns or o.created_ns)}")
 
 
 # --- status ----------------------------------------------------------------------------------------------
@@ -155,17 +246,93 @@ def collect_status(mesh, nodes, *, context, listen_s: float, timeout_ms: int) ->
     return out
 
 
-def status_table(rows: dict) -> str:
+def uptime(s) -> str:
+    if s is None:
+        return None
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def status_table(rows: dict, width: int = None) -> str:
+    """One line per node (78 columns at most for the mesh's nodes): all counters with -v."""
     view = []
     for node, r in rows.items():
         c = r["counters"]
         gaps = sum(v for k, v in c.items() if k.startswith("bus_gaps.")) if c else None
         view.append({"node": node, "up": "up" if r["up"] else "DOWN", "state": r["state"], "pid": r["pid"],
-                     "uptime": f"{r['uptime_s']:.1f}s" if r["uptime_s"] is not None else None,
-                     "published": c.get("published"), "received": c.get("received"),
-                     "bus_gaps": gaps, "malformed": c.get("malformed"), "errors": c.get("handler_errors"),
-                     "heard": "+".join(r["heard"]) or "nothing"})
-    return table(view)
+                     "uptime": uptime(r["uptime_s"]), "published": c.get("published"),
+                     "gaps": gaps, "errors": c.get("handler_errors"),
+                     "heard": "+".join("hb" if h == "heartbeat" else h for h in r["heard"]) or "nothing"})
+    return table(view, width=width)
+
+
+def collect_trading(mesh, *, context, timeout_ms: int) -> dict:
+    """Risk's trading state and kill switch (Query("risk")) and marketdata's feed health
+    (Query("feed")), asked in parallel; a node that does not answer leaves its part None."""
+    from nodes.client import RequestClient, RequestError
+
+    def ask(node, what):
+        c = RequestClient.for_node(mesh, node, source="ctl", context=context, timeout_ms=timeout_ms)
+        try:
+            return c.call(Query(what))
+        except RequestError:
+            return None
+        finally:
+            c.close()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        risk_f, feed_f = pool.submit(ask, "risk", "risk"), pool.submit(ask, "marketdata", "feed")
+        risk, feed = risk_f.result(), feed_f.result()
+    out = {"state": None, "state_reason": None, "killswitch": None, "feeds": {}}
+    if isinstance(risk, dict):
+        ks = risk.get("killswitch")
+        ks = proto.to_plain(ks) if ks is not None else None
+        out.update(state=risk.get("state"), state_reason=risk.get("state_reason"), killswitch=ks)
+        for p, f in (risk.get("feeds") or {}).items():
+            out["feeds"].setdefault(p, {})["risk"] = f.get("verdict")
+            out["feeds"][p]["risk_reason"] = f.get("verdict_reason")
+    if isinstance(feed, dict):
+        for p, f in (feed.get("products") or {}).items():
+            d = out["feeds"].setdefault(p, {})
+            d.update(marketdata=f.get("state"), healthy=f.get("healthy"), reason=f.get("reason"), age_s=f.get("age_s"))
+    out["halted"] = bool((out["killswitch"] or {}).get("engaged")) or out["state"] == "HALTED"
+    return out
+
+
+def trading_lines(t: dict) -> list:
+    """The trading state, kill switch and feed health, one short line each."""
+    if t["state"] is None:
+        lines = ["trading      unknown (risk did not answer)"]
+    else:
+        lines = [f"trading      {t['state']}" + (f" ({t['state_reason']})" if t["state_reason"] else "")]
+    ks = t["killswitch"]
+    if ks is None:
+        lines.append("kill switch  unknown")
+    elif ks.get("engaged"):
+        lines.append(f"kill switch  ENGAGED since {iso(ks.get('since_ns') or 0)} by {ks.get('source') or '?'}: "
+                     f"{ks.get('reason') or ''}".rstrip(": "))
+    else:
+        lines.append("kill switch  off")
+    for p, f in sorted(t["feeds"].items()):
+        md = f.get("marketdata")
+        if md is None:
+            head = "unknown (marketdata did not answer)"
+        else:
+            head = "ok" if f.get("healthy") else md
+            age = f.get("age_s")
+            if not f.get("healthy"):
+                head += f": {f.get('reason') or ''}".rstrip(": ")
+            head += f", last message {age:.1f} s ago" if age is not None else ", no message yet"
+        verdict = f.get("risk")
+        if verdict not in (None, "OK"):
+            head += f"; risk refuses: {verdict}"
+        lines.append(f"feed {p:<8} {head}")
+    return lines
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -206,7 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print replies as JSON")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
-    s = sub.add_parser("status", help="every node's heartbeat and status")
+    # --json is accepted after the command too (`ctl status --json`), as docs/operations.md shows
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print replies as JSON")
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add(*a, parents=[json_opt], **kw)
+    s = sub.add_parser("status", help="every node up/down, trading state, kill switch, feed health")
     s.add_argument("--node", action="append", default=[], help="only these nodes (repeatable)")
     s.add_argument("--expect", default=",".join(EXPECTED),
                    help="comma-separated nodes that must be up for exit status 0")
@@ -249,6 +421,17 @@ def _request(mesh, node, msg, timeout_ms, context):
 
 
 def main(argv=None, *, out=None, err=None, context=None) -> int:
+    try:
+        return _main(argv, out=out, err=err, context=context)
+    except BrokenPipeError:              # `tickmesh ctl orders | head`
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+
+
+def _main(argv=None, *, out=None, err=None, context=None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     p = build_parser()
@@ -279,10 +462,13 @@ def main(argv=None, *, out=None, err=None, context=None) -> int:
                                   timeout_ms=min(timeout_ms, int(1500 * mesh.heartbeat_s)))
             if not args.node:      # replay/offline are not mesh processes: shown only when heard
                 rows = {n: r for n, r in rows.items() if n in EXPECTED or r["heard"]}
+            trading = collect_trading(mesh, context=ctx, timeout_ms=timeout_ms) if not args.node else None
             if args.json:
-                print(json.dumps(_plain(rows), indent=1), file=out)
+                print(json.dumps({"nodes": _plain(rows), "trading": trading}, indent=1), file=out)
             else:
                 print(status_table(rows), file=out)
+                if trading is not None:
+                    print("\n" + "\n".join(trading_lines(trading)), file=out)
                 if args.verbose:
                     for node, r in rows.items():
                         if r["counters"]:
@@ -293,6 +479,10 @@ def main(argv=None, *, out=None, err=None, context=None) -> int:
             if down:
                 print(f"down: {', '.join(down)}", file=err)
                 return EXIT_REFUSED
+            if trading is not None and trading["halted"]:
+                print(f"trading halted: {'kill switch engaged' if (trading['killswitch'] or {}).get('engaged') else 'state HALTED'}",
+                      file=err)
+                return EXIT_HALTED
             return EXIT_OK
         if args.cmd == "killswitch":
             reason = args.reason or ("manual (tickmesh ctl)" if args.action != "status" else "")
@@ -319,8 +509,12 @@ def main(argv=None, *, out=None, err=None, context=None) -> int:
             print(json.dumps({"ok": reply.ok, "code": reply.code, "reason": reply.reason,
                               "data": _plain(reply.data)}, indent=1), file=out)
         elif isinstance(reply.data, proto.Order):
-            print(describe_order(reply.data), file=out)
+            print(describe_order(Money(mesh).record(reply.data)), file=out)
+        elif isinstance(reply.data, list) and reply.data and all(isinstance(o, proto.Order) for o in reply.data):
+            for o in Money(mesh).record(reply.data):
+                print(describe_order(o), file=out)
         else:
+            reply = reply._replace(data=Money(mesh).record(reply.data))
             if reply.ok and reply.reason:
                 print(reply.reason, file=out)
             if reply.data is not None:

@@ -2,6 +2,7 @@
 metrics, alerts), over tcp: status, orders, positions, pnl, kill switch, cancels, and a node that
 does not answer."""
 import json
+import re
 
 import pytest
 
@@ -49,14 +50,24 @@ def test_ctl_against_a_running_mesh(live, capsys):
     conf, nodes = live
     rc, out, err = run(capsys, "--conf", conf, "status", "--expect", "marketdata,risk,execution,metrics,alerts")
     assert rc == 0, err
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    table, _, trading = out.partition("\n\n")
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     for n in ("marketdata", "risk", "execution", "metrics", "alerts"):
-        assert rows[n][1] == "up" and rows[n][2] == "RUNNING" and rows[n][-1] == "heartbeat+query"
+        assert rows[n][1] == "up" and rows[n][2] == "RUNNING" and rows[n][-1] == "hb+query"
     assert rows["store"][1] == "DOWN" and rows["store"][-1] == "nothing"
+    # beside "up": the trading state, the kill switch and each feed's health
+    lines = trading.splitlines()
+    assert lines[0].startswith("trading      ACTIVE") and lines[1] == "kill switch  off", trading
+    assert any(l.startswith("feed BTC-USD  ok, last message ") for l in lines), trading
+    assert all(len(l) <= 80 for l in out.splitlines()), out            # fits a terminal
     rc, out, _ = run(capsys, "--conf", conf, "status")              # store, strategy, ... are expected too
     assert rc == 1
     rc, out, _ = run(capsys, "--conf", conf, "--json", "status", "--node", "risk")
-    assert rc == 0 and json.loads(out)["risk"]["counters"]["published"] > 0
+    assert rc == 0 and json.loads(out)["nodes"]["risk"]["counters"]["published"] > 0
+    rc, out, _ = run(capsys, "--conf", conf, "status", "--json", "--expect", "risk")   # --json after the command
+    doc = json.loads(out)
+    assert rc == 0 and doc["trading"]["state"] == "ACTIVE" and doc["trading"]["halted"] is False
+    assert doc["trading"]["feeds"]["BTC-USD"]["healthy"] is True
 
     rc, out, err = run(capsys, "--conf", conf, "order", "buy", "BTC-USD", "0.01", "--id", "ctl-it-1")
     assert rc == 0, err
@@ -66,6 +77,12 @@ def test_ctl_against_a_running_mesh(live, capsys):
     assert rc == 0 and pos["BTC-USD"]["qty"] == "0.01"
     rc, out, _ = run(capsys, "--conf", conf, "pnl")
     assert rc == 0 and "equity" in out and "fees" in out
+    pnl = dict(line.split(None, 1) for line in out.splitlines())
+    for k in ("realized", "unrealized", "daily", "equity", "fees"):
+        assert re.fullmatch(r"-?\d+\.\d\d", pnl[k]), (k, pnl[k])          # to the cent
+    rc, out, _ = run(capsys, "--conf", conf, "positions")
+    row = dict(zip(out.splitlines()[0].lower().split(), next(l for l in out.splitlines() if l.startswith("BTC-USD")).split()))
+    assert row["qty"] == "0.01" and re.fullmatch(r"\d+\.\d\d", row["avg_cost"]), row        # quote_increment 0.01
     rc, out, _ = run(capsys, "--conf", conf, "orders")
     assert rc == 0
 
@@ -75,6 +92,11 @@ def test_ctl_against_a_running_mesh(live, capsys):
     assert rc == 1 and "KILL_SWITCH" in out + err
     rc, out, _ = run(capsys, "--conf", conf, "killswitch", "status")
     assert rc == 0 and "engaged" in out
+    assert re.search(r"^since +20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", out, re.M), out   # ISO-8601 UTC
+    # trading halted: status says so and exits 4
+    rc, out, err = run(capsys, "--conf", conf, "status", "--expect", "risk")
+    assert rc == 4 and "trading halted: kill switch engaged" in err
+    assert re.search(r"^kill switch  ENGAGED since 20\S+Z by manual: ctl test$", out, re.M), out
     rc, out, _ = run(capsys, "--conf", conf, "killswitch", "release", "--reason", "done")
     assert rc == 0
 
