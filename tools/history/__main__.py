@@ -132,21 +132,26 @@ class Progress:
         return (f"{t['trades']} trades, {t['ticks']} ticks, {t['candles']} candles, {s['requests']} requests"
                 + (f", {s['retries']} retried" if s["retries"] else ""))
 
+    def _short(self, f) -> str:
+        s = f.api.stats
+        return f"{f.totals['trades']} trades, {s['requests']} req" + (f", {s['retries']} retried" if s["retries"] else "")
+
+    def _where(self, f) -> str:
+        return f"{self.req['product']} {time.strftime('%Y-%m-%d %H:%MZ', time.gmtime(f.at))}"
+
     def start(self, f):
         if self.mode == "bar":
             from rich.console import Console
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                            console=Console(file=self.stream), transient=False)
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(bar_width=24),
+                            TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[info]}"),
+                            TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
             self._bar.start()
-            self._task = self._bar.add_task(f"{self.req['product']} {iso(f.at)}", total=1.0,
-                                            completed=f.fraction, info="")
+            self._task = self._bar.add_task(self._where(f), total=1.0, completed=f.fraction, info="")
 
     def __call__(self, f):
         if self.mode == "bar":
-            self._bar.update(self._task, completed=f.fraction, description=f"{self.req['product']} {iso(f.at)}",
-                             info=self._text(f))
+            self._bar.update(self._task, completed=f.fraction, description=self._where(f), info=self._short(f))
         elif self.mode == "line":
             now = time.monotonic()
             if now - self._last >= 1.0 or f.at >= f.end_s:
