@@ -1,6 +1,8 @@
 """``tickmesh tap``: watch the bus live, passively.
 
     tickmesh tap                              every event of every publisher in conf/mesh.toml
+                                              (heartbeats folded: one line per node, again when its
+                                              state or pid changes; --heartbeats shows each one)
     tickmesh tap --topic md.tick. --topic order.     only these topic prefixes
     tickmesh tap --json --count 10            ten events as JSON lines (the store's shape)
     tickmesh tap --stats                      per-topic events/s, sequence gaps, lag (refreshed)
@@ -50,6 +52,15 @@ def format_line(env, now_ns: int = None) -> str:
     if now_ns is not None:
         line += f"  lag={(now_ns - env.ts_event) / 1e6:.3f}ms"
     return line
+
+
+def format_heartbeat(env) -> str:
+    """A node's heartbeat as one short line (shown once per node, and when its state or pid changes)."""
+    t = env.ts_event
+    stamp = time.strftime("%H:%M:%S", time.gmtime(t // 1_000_000_000)) + f".{t % 1_000_000_000 // 1000:06d}"
+    hb = env.msg
+    return (f"{stamp}  {env.topic:<28} {env.source:<10} {env.seq:>7}  {hb.node} {hb.state} pid {hb.pid} "
+            f"host {hb.host} up {hb.uptime_s:.1f}s (heartbeats folded; --heartbeats shows each)")
 
 
 def format_json(env) -> str:
@@ -152,7 +163,7 @@ class Tap:
     """The SUB socket plus output. ``run()`` returns the number of events seen."""
 
     def __init__(self, endpoints, prefixes=("",), *, out=None, err=None, mode="lines", count=0,
-                 duration=0.0, record=None, stats_interval=1.0, context=None, curve=None):
+                 duration=0.0, record=None, stats_interval=1.0, context=None, curve=None, fold_heartbeats=None):
         self.endpoints = list(endpoints)
         self.curve = curve or {}    # endpoint -> (public, secret, server key): CURVE client keys
         self.prefixes = list(prefixes) or [""]
@@ -169,6 +180,12 @@ class Tap:
         self._own_ctx = context is None
         self.stopping = False
         self.seen = 0
+        # the human view folds heartbeats (one per node per heartbeat_s drowned everything else)
+        # unless asked for them by topic
+        if fold_heartbeats is None:
+            fold_heartbeats = not any(p.startswith("node.heartbeat") for p in self.prefixes)
+        self.fold_heartbeats = fold_heartbeats and mode == "lines"
+        self.heartbeats: dict = {}      # node -> [count, state, pid]
 
     def stop(self, *_):
         self.stopping = True
@@ -227,11 +244,18 @@ class Tap:
             if self._own_ctx:
                 ctx.term()
             self._close_record()
+        self._finish()
+        return self.seen
+
+    def _finish(self):
+        """The closing view: final stats, or one line per node for the folded heartbeats."""
         if self.mode == "stats":
             self.stats.roll()
             self.out.write("\n" + self.stats.render() + "\n")
-            self.out.flush()
-        return self.seen
+        elif self.fold_heartbeats and self.heartbeats:
+            for node, (n, state, pid) in sorted(self.heartbeats.items()):
+                self.out.write(f"-- heartbeats: {node:<10} {n:>6} seen, last {state} pid {pid}\n")
+        self.out.flush()
 
     def _drain(self, sub, budget: int = 5000):
         for _ in range(budget):
@@ -249,20 +273,32 @@ class Tap:
                 topic = frame.split(b"\x00", 1)[0][:60]
                 self.err.write(f"tap: malformed frame ({len(frame)} bytes, topic {topic!r}): {e}\n")
                 continue
-            self.seen += 1
-            missing = self.stats.add(env, now)
-            if missing:
-                if self.mode == "lines":
-                    self.out.write(f"-- gap: {missing} event(s) missing from {env.source} on {env.topic}\n")
-                if self._rec is not None:
-                    self._rec.write(_meta({"type": "_gap", "source": env.source, "topic": env.topic,
-                                           "missing": missing, "ts": now}) + "\n")
-            if self._rec is not None:
-                self._rec.write(jsonl.dumps(env) + "\n")
+            self._show(env, now)
+
+    def _show(self, env, now: int):
+        """Count, record and print one decoded event (no sockets: tests call it directly)."""
+        self.seen += 1
+        missing = self.stats.add(env, now)
+        if missing:
             if self.mode == "lines":
-                self.out.write(format_line(env, now) + "\n")
-            elif self.mode == "json":
-                self.out.write(format_json(env) + "\n")
+                self.out.write(f"-- gap: {missing} event(s) missing from {env.source} on {env.topic}\n")
+            if self._rec is not None:
+                self._rec.write(_meta({"type": "_gap", "source": env.source, "topic": env.topic,
+                                       "missing": missing, "ts": now}) + "\n")
+        if self._rec is not None:
+            self._rec.write(jsonl.dumps(env) + "\n")
+        if self.mode == "lines":
+            if self.fold_heartbeats and isinstance(env.msg, proto.Heartbeat):
+                hb = self.heartbeats.get(env.msg.node)
+                if hb is not None and (hb[1], hb[2]) == (env.msg.state, env.msg.pid):
+                    hb[0] += 1
+                    return
+                self.heartbeats[env.msg.node] = [(hb[0] if hb else 0) + 1, env.msg.state, env.msg.pid]
+                self.out.write(f"{format_heartbeat(env)}\n")
+                return
+            self.out.write(format_line(env, now) + "\n")
+        elif self.mode == "json":
+            self.out.write(format_json(env) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N events")
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
     p.add_argument("--record", metavar="FILE", help="append what is seen to FILE in the store's format")
+    p.add_argument("--heartbeats", action="store_true",
+                   help="show every heartbeat (default view: one line per node, again on a state or pid change)")
     return p
 
 
@@ -314,7 +352,8 @@ def main(argv=None) -> int:
             return 2
     mode = "json" if args.json else "stats" if args.stats else "lines"
     tap = Tap(endpoints, args.topic or [""], mode=mode, count=args.count, duration=args.duration,
-              record=args.record, stats_interval=args.interval, curve=curve)
+              record=args.record, stats_interval=args.interval, curve=curve,
+              fold_heartbeats=False if args.heartbeats else None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, tap.stop)
     if mode != "json":

@@ -84,3 +84,32 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
         os.close(w)
     assert "BrokenPipeError" not in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert p.returncode in (0, 1)
+
+
+def test_tap_folds_heartbeats_into_one_line_per_node():
+    import io
+
+    from proto import Envelope, topics
+    from tools.tap import Tap
+
+    def hb(node, seq, state="RUNNING", pid=100):
+        msg = proto.Heartbeat(node, pid, state, 1, 2.5, {}, "h")
+        return Envelope(topics.heartbeat(node), seq, node, seq, 1_764_876_166_017_000_000, 0, msg)
+    frames = [hb("risk", 1), hb("execution", 1), hb("risk", 2), hb("risk", 3), hb("execution", 2),
+              hb("risk", 1, pid=101), hb("risk", 2, pid=101), hb("risk", 3, "STOPPING", 101)]
+    out = io.StringIO()
+    tap = Tap([], [""], out=out)
+    for e in frames:
+        tap._show(e, 0)
+    tap._finish()
+    lines = out.getvalue().splitlines()
+    shown = [l for l in lines if "heartbeats folded" in l]
+    assert [l.split()[4:7] for l in shown] == [["risk", "RUNNING", "pid"], ["execution", "RUNNING", "pid"],
+                                               ["risk", "RUNNING", "pid"], ["risk", "STOPPING", "pid"]]
+    assert lines[-2:] == ["-- heartbeats: execution       2 seen, last RUNNING pid 100",
+                          "-- heartbeats: risk            6 seen, last STOPPING pid 101"]
+    everything = io.StringIO()
+    tap = Tap([], ["node.heartbeat."], out=everything)       # asked for by topic: each one shown
+    for e in frames:
+        tap._show(e, 0)
+    assert len(everything.getvalue().splitlines()) == len(frames)
