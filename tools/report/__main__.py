@@ -6,8 +6,11 @@ store files given together count as one run): one page comparing them side by si
 """
 import argparse
 import sys
+import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from nodes.config import ROOT
 
 from . import ReportError, write_comparison, write_report
 from .html import money
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tickmesh report", description="the run report: figures and charts of a run (or several, compared) in report.html")
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|STORE_FILE")
     p.add_argument("--out", metavar="DIR", help="where report.html goes (default: the run dir, or the store "
-                                                "file's dir; for a comparison, the current dir)")
+                                                "file's dir; for a comparison, var/reports/compare-<time>)")
     p.add_argument("--starting-equity", metavar="AMOUNT", help="instead of the one found in the store")
     p.add_argument("--interval", choices=("1d", "1h", "5m", "1m", "1s"),
                    help="return interval of Sharpe/Sortino (default: the largest giving >= 30 returns)")
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
             print(f"report: {path}")
             _print_headline(run)
         else:
-            path, rs = write_comparison(runs, a.out or ".", labels=a.label, starting_equity=se, interval=a.interval)
+            out = a.out or ROOT / "var" / "reports" / time.strftime("compare-%Y%m%dT%H%M%SZ", time.gmtime())
+            path, rs = write_comparison(runs, out, labels=a.label, starting_equity=se, interval=a.interval)
             print(f"report: {path} ({len(rs)} runs compared)")
             for r in rs:
                 print(f" {r.name}:")
