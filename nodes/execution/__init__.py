@@ -520,11 +520,12 @@ class ExecutionNode(Node):
         """The pre-trade gate's inputs as this node sees them: risk state version and age,
         readiness, and the counters of its decisions."""
         v, now = self.pretrade.view, self.clock()
-        return {"ready": not self.pretrade.ready(), "why_not": self.pretrade.ready(),
+        why = self.pretrade.ready([arg] if arg else None)      # arg: one product's readiness
+        return {"ready": not why, "why_not": why,
                 "risk_state_version": None if v.snap is None else v.snap.version,
                 "risk_state_age_ms": v.age_ms(now), "risk_state": None if v.snap is None else v.snap.state,
                 "killswitch": None if v.snap is None else v.snap.killswitch, "risk_down": v.down,
-                "working_orders": len(self.working), "counters": dict(self.pretrade.counters)}
+                "working_orders": len(self.working), "counters": {"decisions": 0, **self.pretrade.counters}}
 
     # --- venue events -> state machine -> journal -> publish ---------------------------------------
     def _on_venue_events(self, events):

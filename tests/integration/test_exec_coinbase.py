@@ -18,7 +18,7 @@ from nodes.execution import ExecutionConfig
 from nodes.execution.journal import read_records
 from proto import CancelOrder, Code, OrderIntent, Query
 from tests.conftest import make_mesh, wait_until
-from tests.integration.test_exec_support import RiskResponder, start_node, topics
+from tests.integration.test_exec_support import Publisher, RiskSource, book, start_node, topics
 from tools.fakecoinbase.rest import FakeExchange, RestServer, make_api_key
 from tools.fakecoinbase.user import UserChannelServer
 
@@ -41,7 +41,8 @@ def fake():
 @pytest.fixture
 def live(fake, ctx, collector, short_tmp):
     mesh = make_mesh("inproc", short_tmp)
-    risk = RiskResponder(ctx, mesh)
+    risk = RiskSource(ctx, mesh)
+    md = Publisher(ctx, mesh, "marketdata")     # the checks need a market: the fake's touch
     made = []
 
     def start(**kw):
@@ -54,6 +55,8 @@ def live(fake, ctx, collector, short_tmp):
                    "COINBASE_API_SECRET": Secret(fake.pem.replace("\n", "\\n"))}
         node = start_node(mesh, ExecutionConfig(**conf), ctx, secrets=secrets)
         made.append(node)
+        md.until(topics.book(BTC), book(bids=(("64999.99", "5000"),), asks=(("65000.01", "5000"),)),
+                 lambda: node.pretrade.quotes[BTC].mid is not None, what="execution")
         if conf.get("use_user_ws", True):
             wait_until(lambda: node.venue.ws_healthy, 5, what="user channel subscribed")
         col = collector(mesh, ["execution"], ["order.", "fill.", "position.", "pnl"])
@@ -64,6 +67,7 @@ def live(fake, ctx, collector, short_tmp):
     for n in made:
         n.stop()
     risk.close()
+    md.close()
 
 
 def wait_event(col, coid, topic, timeout=5):

@@ -20,7 +20,7 @@ from nodes.execution.orders import OrderState
 from nodes.execution.positions import PositionBook
 from proto import Code, Fill, OrderIntent, Query
 from tests.conftest import make_mesh, wait_until
-from tests.integration.test_exec_support import Publisher, RiskResponder, book, topics, trade
+from tests.integration.test_exec_support import Publisher, RiskSource, book, topics, trade
 
 BTC = "BTC-USD"
 
@@ -32,14 +32,18 @@ def start_process(conf_path, log_path):
 
 
 def wait_ready(client, proc, timeout=10.0):
+    """Until the process answers and holds a fresh risk state (it asks risk at start)."""
     deadline = time.monotonic() + timeout
     while True:
         assert proc.poll() is None, f"execution exited with {proc.returncode}"
         try:
-            return client.call(Query("status"), timeout_ms=200)
+            pt = client.call(Query("pretrade"), timeout_ms=200)
+            if pt["risk_state_version"] is not None and pt["risk_state_age_ms"] < 400:
+                return pt
         except RequestTimeout:                  # not up yet: ask again until the deadline
-            if time.monotonic() > deadline:
-                raise
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("execution process not ready (no answer or no risk state)")
 
 
 def journal_facts(path):
@@ -56,14 +60,14 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(short_tmp, ctx)
                     f'ipc_dir = "{mesh.ipc_dir}"\nheartbeat_s = 0.2\n'
                     '[execution]\npnl_interval_s = 0.2\n')
     log = short_tmp / "execution.log"
-    risk = RiskResponder(ctx, mesh)
+    risk = RiskSource(ctx, mesh)
     md = Publisher(ctx, mesh, "marketdata")
     client = RequestClient.for_node(mesh, "execution", timeout_ms=3000, source="test", context=ctx)
     proc = start_process(conf, log)
     try:
         wait_ready(client, proc)
         md.until(topics.book(BTC), book(asks=(("65010", "1000"),)),
-                 lambda: client.call(Query("status"))["counters"]["received"] > 0, what="execution process")
+                 lambda: client.call(Query("pretrade", BTC))["ready"], what="execution process")
         # a known state: four resting buys, three market buys, one resting order partly filled
         for i in range(4):
             r = client.request(OrderIntent(BTC, "BUY", "LIMIT", size=D("1"), limit_price=D(64000 - i),
@@ -132,14 +136,14 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(short_tmp, ctx)
         for o in after.values():                                     # per order: fills add up
             assert o.filled_size == sum((f.size for f, _ in rb.fills if f.client_order_id == o.client_order_id), D(0))
         # resubmitting the whole stream: known ids answer DUPLICATE, the rest are placed once
-        risk_before = len(risk.intents)
+        checks_before = client.call(Query("pretrade"))["counters"]["decisions"]
         for coid in burst:
             side = "BUY" if int(coid[1:]) % 2 else "SELL"
             r = client.request(OrderIntent(BTC, side, "MARKET", size=D("0.001"), client_order_id=coid))
             assert (r.code == Code.DUPLICATE) == (coid in in_journal), coid
-        assert len(risk.intents) - risk_before == 300 - len(in_journal)
+        assert client.call(Query("pretrade"))["counters"]["decisions"] - checks_before == 300 - len(in_journal)
         # the resting orders survived the kill and still trade, with fresh fill ids
-        md.until(topics.book(BTC), book(), lambda: client.call(Query("status"))["counters"]["received"] > 0)
+        md.until(topics.book(BTC), book(), lambda: client.call(Query("pretrade", BTC))["ready"])
         md.send(topics.trade(BTC), trade(price="63000", size="10", trade_id="t2"))
         wait_until(lambda: all(client.call(Query("order", f"L{i}")).status == "FILLED" for i in range(4)), 5)
         proc.send_signal(signal.SIGTERM)                            # and a clean stop is quick
@@ -160,7 +164,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(short_tmp, ctx)
 
 
 def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp, ctx):
-    """NEW orders in the journal: never risk-approved -> RISK_UNAVAILABLE; sent to the paper venue
+    """NEW orders in the journal: never checked -> RISK_UNAVAILABLE; sent to the paper venue
     but not acknowledged -> VENUE_UNAVAILABLE; an immediate order cut between two fills -> the rest is
     CANCELLED (its fill stays booked). Nothing is sent again."""
     mesh = make_mesh("inproc", short_tmp)
@@ -181,7 +185,7 @@ def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp
     try:
         with RequestClient.for_node(mesh, "execution", context=ctx, timeout_ms=2000) as c:
             a, b = c.call(Query("order", "unsent")), c.call(Query("order", "sent"))
-            assert (a.status, a.code) == ("REJECTED", Code.RISK_UNAVAILABLE) and "before risk answered" in a.reason
+            assert (a.status, a.code) == ("REJECTED", Code.RISK_UNAVAILABLE) and "before the order was checked" in a.reason
             assert (b.status, b.code) == ("REJECTED", Code.VENUE_UNAVAILABLE) and "acknowledged" in b.reason
             w = c.call(Query("order", "walk"))
             assert (w.status, w.code, w.filled_size) == ("CANCELLED", Code.VENUE_UNAVAILABLE, D("0.5"))
@@ -194,9 +198,9 @@ def test_orders_caught_between_journal_and_venue_are_resolved_at_start(short_tmp
 
 
 def test_journal_compaction_at_start_keeps_positions_and_working_orders(short_tmp, ctx):
-    from tests.integration.test_exec_support import Publisher, RiskResponder, book, start_node, trade
+    from tests.integration.test_exec_support import Publisher, RiskSource, book, start_node, trade
     mesh = make_mesh("inproc", short_tmp)
-    risk = RiskResponder(ctx, mesh)
+    risk = RiskSource(ctx, mesh)
     md = Publisher(ctx, mesh, "marketdata")
     conf = ExecutionConfig(journal_compact_records=10, journal_keep_days=1)
 
@@ -241,7 +245,7 @@ def test_market_orders_fill_after_restarts(short_tmp, ctx):
     dropped as duplicates, leaving the order ACCEPTED forever (found by tests/e2e/test_faults.py)."""
     from tests.integration.test_exec_support import start_node
     mesh = make_mesh("tcp", short_tmp)
-    risk = RiskResponder(ctx, mesh)
+    risk = RiskSource(ctx, mesh)
     md = Publisher(ctx, mesh, "marketdata")
     client = RequestClient.for_node(mesh, "execution", timeout_ms=3000, source="test", context=ctx)
     try:

@@ -9,7 +9,7 @@ from nodes.execution.positions import PositionBook
 from nodes.store import StoreConfig, StoreNode
 from proto import OrderIntent, Query, jsonl
 from tests.conftest import make_mesh, wait_until
-from tests.integration.test_exec_support import Publisher, RiskResponder, book, tick, topics, trade
+from tests.integration.test_exec_support import Publisher, RiskSource, book, tick, topics, trade, wait_risk_state
 
 BTC, ETH = "BTC-USD", "ETH-USD"
 
@@ -17,9 +17,10 @@ BTC, ETH = "BTC-USD", "ETH-USD"
 def test_replaying_the_event_store_reproduces_positions_and_pnl(short_tmp, ctx):
     mesh = make_mesh("tcp", short_tmp)
     store = StoreNode(mesh, StoreConfig(flush_interval_s=0.05, fsync="never"), context=ctx).start()
-    risk = RiskResponder(ctx, mesh)
+    risk = RiskSource(ctx, mesh)
     md = Publisher(ctx, mesh, "marketdata")
     node = ExecutionNode(mesh, ExecutionConfig(starting_equity=D("25000"), slippage_bps=D("3"), pnl_interval_s=0.2), context=ctx).start()
+    wait_risk_state(node)
     c = RequestClient.for_node(mesh, "execution", timeout_ms=3000, context=ctx)
     s = RequestClient.for_node(mesh, "store", timeout_ms=3000, context=ctx)
 

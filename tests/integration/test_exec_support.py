@@ -21,7 +21,7 @@ from proto import Book, Code, KillSwitch, Query, Reply, RiskSnapshot, Tick, Trad
 
 D = Decimal
 
-WIDE = {"max_position": "100", "max_exposure": "1e9", "max_order_notional": "1e9",
+WIDE = {"max_position": "1e6", "max_exposure": "1e9", "max_order_notional": "1e9",
         "max_price_band_pct": "50", "max_slippage_bps": "10000"}
 
 
@@ -132,14 +132,26 @@ def start_node(mesh, conf, ctx, **kw):
     still be lingering in the zmq reaper for a moment (EADDRINUSE): retry until a deadline."""
     from nodes.execution import ExecutionNode
     from nodes.runtime import NodeStartError
+    risk_state = kw.pop("risk_state", True)
     deadline = time.monotonic() + 3
     while True:
         try:
-            return ExecutionNode(mesh, conf, context=ctx, **kw).start()
+            node = ExecutionNode(mesh, conf, context=ctx, **kw).start()
+            break
         except NodeStartError as e:
             if "Address already in use" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+    if risk_state:
+        wait_risk_state(node)
+    return node
+
+
+def wait_risk_state(node, timeout=5.0):
+    """Until ``node`` holds a fresh risk state (from a RiskSource or a real risk node)."""
+    from tests.conftest import wait_until
+    wait_until(lambda: node.pretrade.view.snap is not None and not node.pretrade.view.unavailable(node.clock()),
+               timeout, what="execution holding a fresh risk state")
 
 
 def book(product="BTC-USD", bids=(("64990", "1"), ("64980", "2")), asks=(("65010", "0.5"), ("65020", "1"))):
@@ -159,4 +171,4 @@ def killswitch(engaged=True, reason="test"):
     return KillSwitch(engaged, reason, "manual", time.time_ns())
 
 
-__all__ = ["RiskSource", "Publisher", "start_node", "book", "tick", "trade", "killswitch", "topics", "D"]
+__all__ = ["RiskSource", "Publisher", "wait_risk_state", "start_node", "book", "tick", "trade", "killswitch", "topics", "D"]
