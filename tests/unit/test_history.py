@@ -216,3 +216,43 @@ def test_the_help_says_how_to_resume(capsys):
         build_parser().parse_args(["fetch", "--help"])
     out = capsys.readouterr().out
     assert "Run the same command\nagain with the same --out" in out and "COINBASE_REST_BASE_URL" in out
+
+
+class _Tape:
+    """The market-trades answers of a tape (what ``PublicApi.trades`` returns), newest first."""
+
+    def __init__(self, trades, shift_s=0):
+        self.tape, self.shift, self.calls = trades, shift_s, []
+
+    def trades(self, product, start_s, end_s, limit):
+        self.calls.append((start_s, end_s))
+        inside = [t for t in self.tape if start_s * NS <= t[0] < end_s * NS]
+        return [{"trade_id": str(tid), "product_id": product, "price": "100", "size": "1", "side": "SELL",
+                 "time": f"2026-11-01T00:{(ts // NS - T0 + self.shift) // 60:02d}:"
+                         f"{(ts // NS - T0 + self.shift) % 60:02d}.{ts % NS:09d}Z"}
+                for ts, tid in reversed(inside[-limit:])]
+
+
+def _fetcher(api, limit):
+    from tools.history.fetch import Fetcher
+    return Fetcher(api, None, "BTC-USD", "ONE_MINUTE", T0, T0 + 3600, trades_limit=limit, increment=INC)
+
+
+def test_trade_pages_walk_back_by_second_and_count_seconds_they_cannot_split():
+    # 2 trades a second for 10 s, 5 in second 4
+    tape = sorted([((T0 + s) * NS + i * 1000, s * 10 + i) for s in range(10) for i in range(5 if s == 4 else 2)])
+    api = _Tape(tape)
+    got, saturated = _fetcher(api, 3)._trades(T0, T0 + 10)
+    ids = sorted(int(t.trade_id) for t in got)
+    assert ids == sorted(tid for _, tid in tape if tid not in (40, 41))     # second 4 keeps its newest 3
+    assert saturated >= 1
+    assert all(e <= prev for (_, e), (_, prev) in zip(api.calls[1:], api.calls))      # ends only move back
+    api = _Tape(tape)
+    got, saturated = _fetcher(api, 1000)._trades(T0, T0 + 10)
+    assert len(got) == len(tape) and saturated == 0 and api.calls == [(T0, T0 + 10)]     # one page held all
+
+
+def test_trades_outside_the_window_asked_stop_the_fetch():
+    api = _Tape([((T0 + 5) * NS, 1)], shift_s=120)          # the API answers with other times
+    with pytest.raises(BadData, match="outside the window asked for"):
+        _fetcher(api, 10)._trades(T0, T0 + 10)

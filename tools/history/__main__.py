@@ -242,7 +242,8 @@ def fetch(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tickmesh history", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(prog="tickmesh history",
+                                description="Coinbase's public candles and market trades -> a store file to replay.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="fetch")
     f = sub.add_parser("fetch", help="fetch candles and trades of one product into a store file",
                        description="Fetch Coinbase's public candles and market trades of one product over\n"

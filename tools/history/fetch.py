@@ -221,6 +221,10 @@ class Fetcher:
             oldest = None
             for t in raw:
                 tr = derive.parse_trade(t, self.product)
+                if not (cs - 1) * 1_000_000_000 <= tr.ts < (end + 1) * 1_000_000_000:
+                    # an API that ignored start/end would fill the file with candle ticks: stop instead
+                    raise derive.BadData(f"market trades {self.product} {cs}..{end}: trade {tr.trade_id} at "
+                                         f"{tr.ts // 1_000_000_000} is outside the window asked for")
                 if oldest is None or tr.ts < oldest:
                     oldest = tr.ts
                 if lo <= tr.ts < hi and tr.trade_id not in seen:
