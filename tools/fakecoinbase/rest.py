@@ -966,7 +966,9 @@ class Served:
                 f"rest_base_url = \"{self.rest.base_url}\",\n"
                 f"                   rest_ca_bundle = \"{os.path.abspath(self.rest.ca_bundle)}\", "
                 f"ws_user_url = \"{self.user.url}\"\n"
-                f"secrets:           TICKMESH_LIVE=yes, COINBASE_API_KEY / COINBASE_API_SECRET from the key file")
+                f"secrets:           TICKMESH_LIVE=yes, COINBASE_API_KEY / COINBASE_API_SECRET from the key file\n"
+                f"public history:    tickmesh history fetch ... --base-url {self.rest.base_url} "
+                f"--ca-bundle {os.path.abspath(self.rest.ca_bundle)}")
 
     def stop(self) -> None:
         if self._stop is not None:
