@@ -476,10 +476,11 @@ def compute(paths, *, starting_equity=None, interval: str = None, name: str = No
         s0, src = Decimal(starting_equity), "--starting-equity"
     elif run.first_pnl is not None:
         p, before_fills = run.first_pnl
-        base = p.equity - p.realized - p.unrealized
+        with localcontext(CTX):
+            base = p.equity - p.realized - p.unrealized
+            carried = p.realized + p.unrealized
         if before_fills:
             s0 = p.equity
-            carried = p.realized + p.unrealized
             src = (f"the first pnl event's equity, before any fill (execution.starting_equity {base}"
                    + (f" + {carried} carried from earlier sessions" if carried else "") + ")")
         else:
@@ -698,7 +699,7 @@ def _sig(x, scale=1.0):
 
 def exact(d) -> str:
     """A Decimal as its exact plain string, without trailing zeros (``0.84436280000`` -> ``0.8443628``)."""
-    return format(d.normalize(), "f") if d else "0"
+    return format(d.normalize(CTX), "f") if d else "0"
 
 
 def headline(run) -> dict:

@@ -7,12 +7,14 @@ import base64
 import datetime as _dt
 import html
 import json
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from .figures import NS, YEAR_S
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 MAX_TRADE_ROWS = 500
+WIDE = Context(prec=1000)      # formatting never rounds: wider than any amount we show
+CENT = Decimal("0.01")
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1180px;
@@ -76,13 +78,9 @@ def money(d) -> str:
     """Exact, thousands separated, at least two decimals (never rounded)."""
     if d is None:
         return "-"
-    d = Decimal(d)
-    if d == d.to_integral_value() or d.as_tuple().exponent > -2:
-        d = d.quantize(Decimal("0.01"))
-    else:
-        d = d.normalize()
-        if d.as_tuple().exponent > -2:
-            d = d.quantize(Decimal("0.01"))
+    d = Decimal(d).normalize(WIDE)            # the default context (28 digits) would round
+    if d.as_tuple().exponent > -2:
+        d = d.quantize(CENT, context=WIDE)
     return format(d, ",f")
 
 
@@ -118,7 +116,7 @@ def fmt(kind, v) -> str:
     if kind in ("time", "recovery"):
         return utc(v)
     if kind == "qtymap":
-        return "<br>".join(f"{esc(k)} {esc(format(q.normalize(), 'f'))}" for k, q in v.items()) or "-"
+        return "<br>".join(f"{esc(k)} {esc(format(q.normalize(WIDE), 'f'))}" for k, q in v.items()) or "-"
     if kind == "codes":
         return "<br>".join(f"{esc(k)} {n}" for k, n in v.items()) or "0"
     return esc(v)
