@@ -125,12 +125,18 @@ def test_bus_gaps_become_gap_lines(short_tmp, ctx):
     finally:
         node.stop()
     f = sorted(Path(q["dir"]).glob("*.jsonl"))[0]
-    seq = [(i["type"] if type(i) is dict else i.seq) for i in jsonl.read(f, with_meta=True)
-           if type(i) is dict or i.msg.product != PROBE]
+    probe = topics.tick(PROBE)
+    lines = list(jsonl.read(f, with_meta=True))
+    seq = [(i["type"] if type(i) is dict else i.seq) for i in lines
+           if (type(i) is dict and i.get("topic") != probe) or (type(i) is not dict and i.msg.product != PROBE)]
     assert seq == ["_open", 1, 2, 3, "_gap", 7, 8, 9, 10, "_close"]
-    gap = [i for i in jsonl.read(f, with_meta=True) if type(i) is dict and i["type"] == "_gap"][0]
+    gap = [i for i in lines if type(i) is dict and i["type"] == "_gap" and i["topic"] != probe][0]
     assert gap["missing"] == 3 and gap["source"] == "marketdata" and gap["topic"] == "md.tick.BTC-USD"
-    assert q["gap_lines"] == 1
+    # the probes the store missed before it was subscribed are marked too (joined late)
+    first_probe = next(i for i in lines if type(i) is not dict and i.msg.product == PROBE)
+    late = [i for i in lines if type(i) is dict and i["type"] == "_gap" and i["topic"] == probe]
+    assert sum(g["missing"] for g in late) == first_probe.seq - 1
+    assert q["gap_lines"] == 1 + len(late)
 
 
 def test_events_published_between_two_store_runs_are_a_marked_gap(short_tmp, ctx):
