@@ -27,6 +27,8 @@ import time
 
 import requests
 
+from proto import jsonl
+
 from . import derive
 
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
@@ -113,6 +115,8 @@ class PublicApi:
                 reason = type(e).__name__
             except ValueError as e:       # a 2xx whose body is not JSON
                 raise ApiError(f"{what}: unreadable response ({_short(e)})") from None
+            except requests.RequestException as e:      # not a listed transient failure: no retry
+                raise ApiError(f"{what}: {type(e).__name__}: {_short(e)}") from None
             cap = min(self.backoff_max_s, self.backoff_s * 2 ** attempt)
             delay = max(wait_at_least, self.rng.uniform(0, cap))
             attempt += 1
@@ -241,7 +245,6 @@ class Fetcher:
 
     # --- the walk --------------------------------------------------------------------------------
     def run(self):
-        from proto import jsonl
         d = self.deriver
         while self.at < self.end_s:
             cs = self.at
