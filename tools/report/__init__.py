@@ -8,7 +8,7 @@ calls at the end of a run.
 """
 from pathlib import Path
 
-from .figures import INTERVALS, ReportError, compute, headline
+from .figures import ReportError, compute, headline
 
 __all__ = ["write_report", "write_run_report", "write_comparison", "compute", "headline", "ReportError"]
 
