@@ -2,10 +2,10 @@
 the same renderable, printed to a terminal or to plain text. Nothing here reads sockets or the
 model: only the snapshot, so a snapshot built by hand renders the same as a live one.
 
-Layout: the trading state and kill switch first, on a full-width bar; then nodes, feeds and risk;
-then positions and PnL, working orders, recent order events and refusals, alerts. At 150 columns
-and more the two groups sit side by side; below 100 columns the tables keep their essential
-columns only. An unknown value is "—".
+Layout: the trading state and kill switch first, on a full-width bar; then nodes, feeds, risk and
+alerts, positions and PnL, working orders, and the recent order events and refusals. At 150 columns
+and more the middle sections sit two by two; in a narrower terminal each table drops its least
+needed columns until it fits. An unknown value is "—".
 """
 import io
 import time
@@ -181,9 +181,8 @@ def risk_table(s, width):
     if not rows:
         rows = [["(nothing heard)"] + [""] * 8]
     lim = r.get("limits") or {}
-    cap = (f"gross {money(r.get('gross'))} ({pct(lim.get('gross_exposure_pct'))} of limit) · "
-           f"daily loss {pct(lim.get('daily_loss_pct'))} · drawdown {pct(lim.get('drawdown_pct'))} · "
-           f"rejects/min {pct(lim.get('rejects_pct'))}")
+    cap = (f"limits used: gross {pct(lim.get('gross_exposure_pct'))} · daily loss {pct(lim.get('daily_loss_pct'))}"
+           f" · drawdown {pct(lim.get('drawdown_pct'))} · rejects {pct(lim.get('rejects_pct'))}")
     return _table(title, [("PRODUCT", "left", 1, False), ("MID", "right", 3, False),
                           ("BAND LOW", "right", 1, False), ("BAND HIGH", "right", 1, False),
                           ("METHOD", "left", 3, False), ("POSITION", "right", 2, False),
@@ -201,7 +200,7 @@ def positions_table(s, width):
         cap = f"PnL: realized {DASH} · unrealized {DASH} · daily {DASH} · equity {DASH}"
     else:
         cap = (f"PnL: realized {money(p['realized'])} · unrealized {money(p['unrealized'])} · "
-               f"daily {money(p['daily'])} · equity {money(p['equity'])} · fees {money(p['fees'])}")
+               f"daily {money(p['daily'])} · equity {money(p['equity'])}")
     return _table("POSITIONS", [("PRODUCT", "left", 1, False), ("SIZE", "right", 1, False),
                                 ("AVG COST", "right", 1, False), ("MARK", "right", 1, False),
                                 ("UNREAL", "right", 1, False), ("REAL", "right", 2, False)],
@@ -276,9 +275,9 @@ def render(s: dict, width: int, prompt: str = "", note: str = ""):
     if width >= WIDE:
         half = (width - 2) // 2
         body = [nodes_table(s, width),
-                _pair(Group(feeds_table(s, half), risk_table(s, half)),
+                _pair(Group(feeds_table(s, half), risk_table(s, half), alerts_table(s, half)),
                       Group(positions_table(s, half), orders_table(s, half))),
-                _pair(recent_table(s, half), alerts_table(s, half))]
+                recent_table(s, width)]
     else:
         body = [nodes_table(s, width), feeds_table(s, width), risk_table(s, width), positions_table(s, width),
                 orders_table(s, width), recent_table(s, width), alerts_table(s, width)]
