@@ -15,7 +15,8 @@ file, none of the node packages imported: ~0.1 s instead of 1-11 s of numba/nump
 a busy machine), then replaces itself with ``python -m nodes.NODE`` (same pid). A config error so
 exits 2 well inside supervisord's ``startsecs``: a failed start, so the program ends FATAL instead
 of restarting forever. The node still runs its full check at start (plugin parameters and the
-like, which need its imports).
+like, which need its imports). Before the exec it logs one line naming the config file, the .env
+and secrets files read, the names of the secrets set and the environment overrides.
 
 Exit status: 0 valid, 2 a config error (or bad arguments). ``make up`` runs ``check`` first.
 """
@@ -122,6 +123,11 @@ def start(node: str, args: list, err) -> int:
         print(f"{node}: config error: {e}", file=err)
         err.flush()
         return EXIT_CONFIG
+    # the node's log starts with where its configuration and secrets come from (never their values)
+    from nodes import log as _log
+    _log.setup(cfg.mesh.log_level)
+    _log.get(node).info("%s", cfg.describe())
+    sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", f"nodes.{node}", *args])
 
 

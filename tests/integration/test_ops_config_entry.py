@@ -51,3 +51,30 @@ def test_every_entry_point_one_line_exit_2(tmp_path, case):
         assert rc == 2, (name, rc, err[-2000:])
         assert len(lines) == 1 and lines[0].endswith(message), (name, err[-2000:])
         assert "Traceback" not in err and out.strip() == "", (name, out[-500:])
+
+
+def test_supervisords_start_command_logs_the_sources_then_runs_the_node(tmp_path):
+    import signal
+
+    from tests.conftest import free_base_port
+    conf = tmp_path / "mesh.toml"
+    conf.write_text(f"[mesh]\nbase_port = {free_base_port()}\nstate_dir = \"{tmp_path}/state\"\n")
+    (tmp_path / "secrets.env").write_text("SLACK_WEBHOOK_URL=http://127.0.0.1:9/never-used-secret\n")
+    env = dict(__import__("os").environ)
+    del env["TICKMESH_SECRETS"]                       # the lookup beside the config file
+    p = subprocess.Popen([sys.executable, "-m", "tools.config", "start", "store", "--conf", str(conf)], cwd=ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()
+        running = ""
+        while "state STARTING -> RUNNING" not in running:
+            running = p.stdout.readline()
+            assert running, p.stderr.read()
+        pid_line = running
+    finally:
+        p.send_signal(signal.SIGTERM)
+        rest, err = p.communicate(timeout=10)
+    assert f"INFO store: config {conf}; .env not read; secrets {tmp_path / 'secrets.env'}; " \
+           "secrets set: SLACK_WEBHOOK_URL;" in first, first
+    assert "never-used-secret" not in first + pid_line + rest + err
+    assert p.returncode == 0, err
