@@ -19,20 +19,20 @@ from pathlib import Path
 
 # One line per command in `tickmesh --help`; a command not listed here shows its docstring's first line.
 DESCRIPTIONS = {
-    "node": "run one node in the foreground: tickmesh node NAME (== python -m nodes.NAME)",
-    "offline": "the whole mesh in one process on synthetic or recorded data, then a summary",
-    "config": "check the config file, environment overrides and secrets (config check)",
-    "ctl": "operate a running mesh: status, kill switch, orders, positions, PnL",
-    "tap": "watch the bus live, passively (filters, JSON lines, --stats, --record)",
+    "node": "run one node in the foreground (== python -m nodes.NAME)",
+    "offline": "the whole mesh in one process on synthetic or recorded data",
+    "config": "check the config file, environment overrides and secrets",
+    "ctl": "operate a running mesh: status, kill switch, orders, PnL",
+    "tap": "watch the bus live, passively (filters, JSON, --stats, --record)",
     "bench": "benchmarks: latency and throughput figures, one JSON report",
     "replay": "replay a store file onto the bus at a chosen speed",
     "export": "store files to CSV, or a digest of their events",
     "report": "a run's figures and charts in one HTML page (several runs: side by side)",
     "train": "train the Q-learning strategy's table from a store file",
     "keys": "generate CurveZMQ key pairs for every node and tool (mesh.curve)",
-    "fakecoinbase": "a local fake Coinbase exchange (WebSocket + REST) and its fault controls",
-    "protodoc": "regenerate (or --check) the message reference in docs/protocol.md",
-    "netutil": "free port ranges for a second mesh on this machine (free-base-port)",
+    "fakecoinbase": "a local fake Coinbase exchange (WebSocket + REST), faults",
+    "protodoc": "regenerate (or --check) docs/protocol.md's message reference",
+    "netutil": "free port ranges for a second mesh on this machine",
     "node:marketdata": "market data: Coinbase WebSocket, synthetic or replay -> md.* events",
     "node:risk": "pre-trade risk gate, volatility bands, trading state and kill switch",
     "node:execution": "orders through the risk gate to the paper venue or Coinbase; positions, PnL",
@@ -91,19 +91,24 @@ def describe(name: str, path: Path = None) -> str:
     return (line[:77] + "...") if len(line) > 80 else (line or "(no description)")
 
 
+def _fit(line: str, room: int = 64) -> str:
+    """One line of `tickmesh --help` within 80 columns (16 for the name)."""
+    return line if len(line) <= room else line[:room - 3].rstrip() + "..."
+
+
 def usage() -> str:
     import nodes
     import tools
     width = 14
     rows = ["usage: tickmesh COMMAND [args]    (tickmesh COMMAND --help: its options)", "", "commands:"]
     for name in ("node", "offline"):
-        rows.append(f"  {name:<{width}}{describe(name)}")
+        rows.append(f"  {name:<{width}}{_fit(describe(name))}")
     for name in _tools():
         ispkg = (Path(tools.__path__[0]) / name).is_dir()
-        rows.append(f"  {name:<{width}}{describe(name, _source(tools.__path__[0], name, ispkg))}")
+        rows.append(f"  {name:<{width}}{_fit(describe(name, _source(tools.__path__[0], name, ispkg)))}")
     rows += ["", "nodes (tickmesh node NAME):"]
     for name in _nodes():
-        rows.append(f"  {name:<{width}}{describe('node:' + name, Path(nodes.__path__[0]) / name / '__init__.py')}")
+        rows.append(f"  {name:<{width}}{_fit(describe('node:' + name, Path(nodes.__path__[0]) / name / '__init__.py'))}")
     return "\n".join(rows)
 
 

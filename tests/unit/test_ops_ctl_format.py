@@ -113,3 +113,20 @@ def test_tap_folds_heartbeats_into_one_line_per_node():
     for e in frames:
         tap._show(e, 0)
     assert len(everything.getvalue().splitlines()) == len(frames)
+
+
+def test_tickmesh_help_describes_every_command_in_one_line():
+    from tools import cli
+    text = cli.usage()
+    lines = text.splitlines()
+    assert all(len(l) <= 80 for l in lines), [l for l in lines if len(l) > 80]
+    described = {l.split()[0]: l.split(None, 1)[1] for l in lines if l.startswith("  ") and len(l.split()) > 1}
+    for name in ["node", "offline", *cli._tools(), *cli._nodes()]:
+        assert name in described and described[name] != "(no description)", name
+    assert "netutil" in cli._tools() and "cli" not in cli._tools()
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "netutil", "free-base-port"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and int(r.stdout) >= 1024 and r.stderr == ""
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "protodoc", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "usage: tickmesh protodoc" in r.stdout and "wrote" not in r.stdout
