@@ -379,3 +379,23 @@ def test_keys_only_k_and_r_change_state_and_only_after_reason_and_yes():
 def test_terminal_input_to_keys():
     assert split_keys("k\x1b[Aab\r\x7f\x1bq") == ["k", "a", "b", "enter", "backspace", "esc", "q"]
     assert split_keys("\x1bOP\x1b[15~x") == ["x"]
+
+
+def test_short_terminal_keeps_the_banner_on_top_and_the_prompt_at_the_bottom():
+    import io
+    from rich.console import Console
+    bus, m = Bus(), ScreenModel(products=("BTC-USD", "ETH-USD"))
+    all_up(m, bus)
+    m.apply(bus.env("risk", topics.RISK_KILLSWITCH, KillSwitch(True, "drill", "manual", T0)), T0)
+    keys = Keys()
+    keys.feed("k")
+    for ch in "why":
+        keys.feed(ch)
+    buf = io.StringIO()
+    con = Console(file=buf, width=80, height=20, color_system=None, force_terminal=False, legacy_windows=False)
+    con.print(view.render_screen(m.snapshot(T0), con, keys.prompt, keys.note))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 20
+    assert "KILL SWITCH ENGAGED" in lines[1]
+    assert lines[-2].startswith("ENGAGE the kill switch: reason (Enter to continue, Esc to cancel): why_")
+    assert lines[-1].startswith("k kill switch · r release · / filter · q quit · filter: all")

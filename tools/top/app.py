@@ -243,7 +243,7 @@ class Screen:
                     if mono >= due:
                         model.note_down(now_ns)
                         snap = model.snapshot(now_ns, self.filter)
-                        live.update(view.render(snap, console.size.width, self.keys.prompt, self.keys.note),
+                        live.update(view.render_screen(snap, console, self.keys.prompt, self.keys.note),
                                     refresh=True)
                         last_draw, dirty = mono, False
                         continue

@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from rich import box
 from rich.console import Console, Group
+from rich.layout import Layout
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -248,17 +249,20 @@ def alerts_table(s, width):
                   rows, width, styles, caption=cap)
 
 
-def footer(s, prompt="", note="") -> Text:
+def footer(s, prompt="", note="", width=200) -> Text:
     b = s.get("bus") or {}
-    t = Text()
+    t = Text(overflow="fold")
     if prompt:
         t.append(prompt + "\n", style="bold reverse")
     if note:
         t.append(note + "\n", style="bold")
     if s.get("message"):
         t.append(s["message"] + "\n", style="bold")
-    t.append(f"{KEYS_HELP} · filter: {s.get('filter') or 'all'} · bus {b.get('events', 0)} events, "
-             f"{b.get('missing', 0)} missed · {clock(s.get('ts_ns'))}", style="dim")
+    line = f"{KEYS_HELP} · filter: {s.get('filter') or 'all'}"
+    bus = f" · bus {b.get('events', 0)} events, {b.get('missing', 0)} missed"
+    if len(line) + len(bus) + 12 <= width:
+        line += bus
+    t.append(line + f" · {clock(s.get('ts_ns'))}", style="dim")
     return t
 
 
@@ -270,8 +274,24 @@ def _pair(a, b):
     return grid
 
 
+def render_screen(s: dict, console: Console, prompt: str = "", note: str = ""):
+    """The live screen: ``render()`` cut to the terminal's height, with the footer (keys, the
+    prompt being typed, the last action's outcome) pinned to the bottom rows so that it never
+    scrolls out of a short terminal."""
+    width, height = console.size
+    foot = footer(s, prompt, note, width)
+    n = len(console.render_lines(foot, console.options.update(width=width), pad=False))
+    layout = Layout()
+    layout.split_column(Layout(_body(s, width), name="body"), Layout(foot, name="footer", size=n))
+    return layout
+
+
 def render(s: dict, width: int, prompt: str = "", note: str = ""):
     """The whole screen for a terminal ``width`` columns wide."""
+    return Group(_body(s, width), footer(s, prompt, note, width))
+
+
+def _body(s, width):
     if width >= WIDE:
         half = (width - 2) // 2
         body = [nodes_table(s, width),
@@ -281,7 +301,7 @@ def render(s: dict, width: int, prompt: str = "", note: str = ""):
     else:
         body = [nodes_table(s, width), feeds_table(s, width), risk_table(s, width), positions_table(s, width),
                 orders_table(s, width), recent_table(s, width), alerts_table(s, width)]
-    return Group(banner(s), *body, footer(s, prompt, note))
+    return Group(banner(s), *body)
 
 
 def render_text(s: dict, width: int = 120) -> str:
