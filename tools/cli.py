@@ -24,7 +24,7 @@ DESCRIPTIONS = {
     "config": "check the config file, environment overrides and secrets",
     "ctl": "operate a running mesh: status, kill switch, orders, PnL",
     "tap": "watch the bus live, passively (filters, JSON, --stats, --record)",
-    "top": "one live screen: nodes, kill switch, feeds, positions, risk, alerts",
+    "top": "one live screen: nodes, kill switch, feeds, positions, risk",
     "bench": "benchmarks: latency and throughput figures, one JSON report",
     "replay": "replay a store file onto the bus at a chosen speed",
     "export": "store files to CSV, or a digest of their events",
