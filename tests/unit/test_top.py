@@ -158,7 +158,9 @@ def test_orders_fills_positions_pnl_and_refusals(risk_conf):
     assert [(r["id"], r["kind"], r["code"]) for r in snap["recent"]] == [
         ("o-1", "NEW", None), ("o-2", "ACCEPTED", None), ("o-1", "FILLED", None),
         ("o-3", "refusal", "MAX_POSITION"), ("o-3", "REJECTED", "MAX_POSITION")]
-    assert snap["recent"][2]["what"] == "BUY 0.01 filled 0.01 @ 65000.5"
+    assert (snap["recent"][2]["filled"], snap["recent"][2]["avg_price"]) == ("0.01", "65000.5")
+    assert view.what(snap["recent"][2]) == "BUY 0.01 filled 0.01 @ 65000.5"
+    assert view.what(snap["recent"][3]) == "refused by risk"
     assert snap["positions"][0]["size"] == "0.01" and snap["positions"][0]["mark"] == "65012.5"
     assert snap["pnl"]["equity"] == "99999.86" and snap["pnl"]["daily"] == "-0.14"
     assert snap["risk"]["products"][0]["position_pct"] == "2.0"           # 0.01 of 0.5

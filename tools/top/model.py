@@ -195,7 +195,8 @@ class ScreenModel:
     def _decision(self, env, m, now):
         if not m.approved:
             self.recent.append({"ts_ns": now, "kind": "refusal", "product": m.product, "id": m.client_order_id,
-                                "what": f"refused by {env.source}", "code": m.code, "reason": m.reason})
+                                "side": None, "size": None, "limit": None, "filled": None, "avg_price": None,
+                                "by": env.source, "code": m.code, "reason": m.reason})
 
     def _feed(self, product):
         f = self.feeds.get(product)
@@ -230,15 +231,11 @@ class ScreenModel:
             self.orders[m.client_order_id] = m
         else:
             self.orders.pop(m.client_order_id, None)
-        size = m.size if m.size is not None else m.quote_size
-        what = f"{m.side} {size if size is not None else '—'}"
-        if m.limit_price is not None:
-            what += f" @ {m.limit_price}"
-        if m.filled_size:
-            what += f" filled {m.filled_size} @ {m.avg_price}"
         self.recent.append({"ts_ns": now, "kind": m.status, "product": m.product, "id": m.client_order_id,
-                            "what": what, "code": m.code if m.code not in ("", "OK") else None,
-                            "reason": m.reason or None})
+                            "side": m.side, "size": m.size if m.size is not None else m.quote_size,
+                            "limit": m.limit_price, "filled": m.filled_size or None,
+                            "avg_price": m.avg_price if m.filled_size else None, "by": env.source,
+                            "code": m.code if m.code not in ("", "OK") else None, "reason": m.reason or None})
 
     def _alert(self, env, m, now):
         self.alerts.append({"ts_ns": now, "key": m.key, "severity": m.severity, "title": m.title,

@@ -65,6 +65,28 @@ def money(v, places: str = "0.01") -> str:
         return str(v)
 
 
+def num(v) -> str:
+    """A size or price for the eye: no trailing zeros, no exponent (0.00100000 -> 0.001)."""
+    if v is None:
+        return DASH
+    try:
+        return format(Decimal(v).normalize(), "f")
+    except (InvalidOperation, TypeError, ValueError):
+        return str(v)
+
+
+def what(r: dict) -> str:
+    """An order event or refusal in a few words: BUY 0.01 @ 65000 filled 0.01 @ 64990.5."""
+    if r["kind"] == "refusal":
+        return f"refused by {r['by']}"
+    out = f"{r['side']} {num(r['size'])}"
+    if r["limit"] is not None:
+        out += f" @ {num(r['limit'])}"
+    if r["filled"] is not None:
+        out += f" filled {num(r['filled'])} @ {num(r['avg_price'])}"
+    return out
+
+
 def pct(v) -> str:
     return DASH if v is None else f"{v}%"
 
@@ -76,10 +98,12 @@ def clock(ts_ns) -> str:
 
 
 def _table(title, cols, rows, width, styles=None, caption=None):
-    """cols: (header, justify, priority, flex). Columns of priority 3, then 2, are dropped (last
-    first) until the rest fits in ``width``; fixed columns get their content's width (up to 24),
-    flex columns share what is left and are cut with an ellipsis."""
-    natural = [min(10 if c[3] else 24, max([len(c[0])] + [len(r[i]) for r in rows])) for i, c in enumerate(cols)]
+    """cols: (header, justify, priority, flex[, cap]). Columns of priority 3, then 2, are dropped
+    (last first) until the rest fits in ``width``; fixed columns get their content's width up to
+    ``cap`` (24 unless given), flex columns share what is left; what does not fit is cut with an
+    ellipsis."""
+    caps = [c[4] if len(c) > 4 else (10 if c[3] else 24) for c in cols]
+    natural = [min(caps[i], max([len(c[0])] + [len(r[i]) for r in rows])) for i, c in enumerate(cols)]
     keep = list(range(len(cols)))
     for prio in (3, 2):
         for i in reversed(range(len(cols))):
@@ -90,11 +114,12 @@ def _table(title, cols, rows, width, styles=None, caption=None):
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, expand=True,
               pad_edge=False, show_edge=False, padding=(0, 1), caption=caption, caption_justify="left")
     for i in keep:
-        h, j, _, flex = cols[i]
+        h, j, _, flex = cols[i][:4]
         if flex:
             t.add_column(h, justify=j, no_wrap=True, overflow="ellipsis", ratio=1, min_width=natural[i])
         else:
-            t.add_column(h, justify=j, no_wrap=True, overflow="ellipsis", min_width=natural[i])
+            t.add_column(h, justify=j, no_wrap=True, overflow="ellipsis", min_width=natural[i],
+                         max_width=max(natural[i], caps[i]))
     for n, r in enumerate(rows):
         t.add_row(*[r[i] for i in keep], style=styles[n] if styles else None)
     return t
@@ -144,7 +169,7 @@ def nodes_table(s, width):
         rows.append([n["node"], up, fmt(n["state"]), fmt(n["pid"]), dur(n["uptime_s"]), fmt(n["restarts"]),
                      dur(n["heartbeat_age_s"]), c or DASH])
         styles.append(None if n["up"] else "bold red")
-    return _table("NODES", [("NODE", "left", 1, False), ("UP", "left", 1, False),
+    return _table("NODES", [("NODE", "left", 1, False), ("UP", "left", 1, False, 32),
                             ("STATE", "left", 3, False), ("PID", "right", 3, False),
                             ("UPTIME", "right", 1, False), ("RESTARTS", "right", 1, False),
                             ("HB AGE", "right", 1, False), ("COUNTERS", "left", 2, True)],
@@ -177,7 +202,7 @@ def risk_table(s, width):
     if r.get("execution_view_age_ms") is not None:
         title += f" · execution's view {dur(r['execution_view_age_ms'] / 1000)}"
     rows = [[p["product"], fmt(p["mid"]), fmt(p["band_low"]), fmt(p["band_high"]), fmt(p["method"]),
-             fmt(p["position"]), pct(p["position_pct"]), money(p["exposure"]), pct(p["exposure_pct"])]
+             num(p["position"]), pct(p["position_pct"]), money(p["exposure"]), pct(p["exposure_pct"])]
             for p in r.get("products") or []]
     if not rows:
         rows = [["(nothing heard)"] + [""] * 8]
@@ -192,7 +217,7 @@ def risk_table(s, width):
 
 
 def positions_table(s, width):
-    rows = [[p["product"], fmt(p["size"]), money(p["avg_cost"]), money(p["mark"]), money(p["unrealized"]),
+    rows = [[p["product"], num(p["size"]), money(p["avg_cost"]), money(p["mark"]), money(p["unrealized"]),
              money(p["realized"])] for p in s["positions"]]
     if not rows:
         rows = [["(none)"] + [""] * 5]
@@ -209,11 +234,11 @@ def positions_table(s, width):
 
 
 def orders_table(s, width):
-    rows = [[o["id"], o["product"], o["side"], fmt(o["size"]), o["type"], fmt(o["limit"]), fmt(o["filled"]),
+    rows = [[o["id"], o["product"], o["side"], num(o["size"]), o["type"], num(o["limit"]), num(o["filled"]),
              o["status"]] for o in s["orders"]]
     if not rows:
         rows = [["(none)"] + [""] * 7]
-    return _table("WORKING ORDERS", [("ID", "left", 1, True), ("PRODUCT", "left", 1, False),
+    return _table("WORKING ORDERS", [("ID", "left", 1, False), ("PRODUCT", "left", 1, False),
                                      ("SIDE", "left", 1, False), ("SIZE", "right", 1, False),
                                      ("TYPE", "left", 3, False), ("LIMIT", "right", 1, False),
                                      ("FILLED", "right", 2, False), ("STATUS", "left", 2, False)],
@@ -223,13 +248,13 @@ def orders_table(s, width):
 def recent_table(s, width):
     rows, styles = [], []
     for r in reversed(s["recent"]):
-        rows.append([clock(r["ts_ns"]), r["id"], r["kind"], r["product"], r["what"], fmt(r["code"]), fmt(r["reason"])])
+        rows.append([clock(r["ts_ns"]), r["id"], r["kind"], r["product"], what(r), fmt(r["code"]), fmt(r["reason"])])
         styles.append("red" if r["kind"] in ("refusal", "REJECTED") else None)
     if not rows:
         rows, styles = [["", "(none yet)"] + [""] * 5], None
     return _table("ORDER EVENTS AND REFUSALS", [("TIME", "left", 2, False), ("ID", "left", 1, False),
                                                 ("EVENT", "left", 1, False), ("PRODUCT", "left", 2, False),
-                                                ("WHAT", "left", 3, False), ("CODE", "left", 1, False),
+                                                ("WHAT", "left", 3, False, 36), ("CODE", "left", 1, False),
                                                 ("REASON", "left", 2, True)], rows, width, styles)
 
 
