@@ -27,7 +27,7 @@ DOWN_PROCESS_STATES = frozenset({"EXITED", "FATAL", "BACKOFF", "STOPPED"})
 # The heartbeat counters worth a column, per node, in this order (absent ones are skipped).
 NODE_COUNTERS = {
     "marketdata": ("feed_gaps", "feed_reconnects", "feed_stale", "feed_parse_errors"),
-    "risk": ("risk.decisions", "risk.approved", "risk.killswitch_engaged", "risk.pending_orders"),
+    "risk": ("risk.snapshots", "risk.decisions", "risk.state_changes", "risk.pending_orders"),
     "execution": ("exec.submits", "exec.fills", "exec.rejected", "exec.risk_denied", "exec.risk_unavailable",
                   "exec.working_orders", "risk_state_age_ms", "exec.risk_state_age_ms"),
     "store": ("events_stored", "events_dropped", "store_write_errors"),
