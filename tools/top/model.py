@@ -15,9 +15,9 @@ import proto
 from proto import (AlertEvent, FeedGap, FeedStale, FeedStatus, Heartbeat, KillSwitch, Order, PnL, Position,
                    ProcessEvent, RiskBand, RiskDecision, RiskExposure, RiskState)
 
+from tools.ctl import EXPECTED   # the nodes supervisord runs: always listed, so one never heard shows down
+
 NS = 1_000_000_000
-# The nodes supervisord runs: always listed, so one that never answered shows as down.
-EXPECTED = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts", "supervisor")
 # What top asks each node, at start, when it comes back and every ``REFRESH_S``.
 QUERIES = {"marketdata": ("status", "feed"), "risk": ("status", "risk"),
            "execution": ("status", "positions", "orders", "pnl"), "alerts": ("status", "alerts")}
