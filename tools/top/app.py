@@ -50,7 +50,10 @@ class Mesh:
         self.curve = tap.curve_from_config(cfg.path, self.nodes)
         self.stats = tap.Stats()
         self.sub = None
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="top-req")
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="top-query")
+        # the kill switch's commands have a worker of their own: never queued behind queries to a
+        # node that is down (each waits out its deadline)
+        self.cmd_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="top-cmd")
         self.done = queue.Queue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -78,7 +81,8 @@ class Mesh:
         if self.sub is not None:
             self.sub.close(linger=0)
             self.sub = None
-        self.pool.shutdown(wait=True, cancel_futures=True)   # each request ends by its deadline
+        for pool in (self.pool, self.cmd_pool):
+            pool.shutdown(wait=True, cancel_futures=True)   # each request ends by its deadline
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
         if self._own_ctx:
@@ -107,7 +111,7 @@ class Mesh:
     def submit(self, node: str, msg, tag):
         """Send ``msg`` to ``node`` in a worker; ``results()`` later yields (tag, node, msg, reply or error)."""
         self.pending += 1
-        self.pool.submit(self._request, node, msg, tag)
+        (self.pool if tag == "query" else self.cmd_pool).submit(self._request, node, msg, tag)
 
     def _request(self, node, msg, tag):
         from nodes.client import RequestClient
