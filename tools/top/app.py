@@ -50,7 +50,8 @@ class Mesh:
         self.curve = tap.curve_from_config(cfg.path, self.nodes)
         self.stats = tap.Stats()
         self.sub = None
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="top-query")
+        # one worker per node: a node's queries run in order and stop at its first timeout
+        self.pool = ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="top-query")
         # the kill switch's commands have a worker of their own: never queued behind queries to a
         # node that is down (each waits out its deadline)
         self.cmd_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="top-cmd")
@@ -111,27 +112,38 @@ class Mesh:
     def submit(self, node: str, msg, tag):
         """Send ``msg`` to ``node`` in a worker; ``results()`` later yields (tag, node, msg, reply or error)."""
         self.pending += 1
-        (self.pool if tag == "query" else self.cmd_pool).submit(self._request, node, msg, tag)
+        self.cmd_pool.submit(self._requests, node, [msg], tag)
 
-    def _request(self, node, msg, tag):
-        from nodes.client import RequestClient
+    def ask(self, node: str, whats):
+        """``Query(what)`` for each of ``whats``, in order, in one worker; after a timeout the rest
+        are not sent (the node is down: each would wait out its own deadline) and fail the same."""
+        self.pending += len(whats)
+        self.pool.submit(self._requests, node, [Query(w) for w in whats], "query")
+
+    def _requests(self, node, msgs, tag):
+        from nodes.client import RequestClient, RequestTimeout
         # with CURVE, top speaks with ctl's key pair: it is an operator tool with ctl's powers
         kw = {"key_name": "ctl"} if self.mesh.curve and self.mesh.transport == "tcp" else {}
         c = None
+        out = None
         try:
-            c = RequestClient.for_node(self.mesh, node, source="top", context=self.ctx,
-                                       timeout_ms=self.timeout_ms, **kw)
-            out = c.request(msg)
-        except Exception as e:  # noqa: BLE001 - a timeout, config or socket error is shown, never lost
-            out = e
+            for msg in msgs:
+                if not isinstance(out, RequestTimeout):
+                    try:
+                        if c is None:
+                            c = RequestClient.for_node(self.mesh, node, source="top", context=self.ctx,
+                                                       timeout_ms=self.timeout_ms, **kw)
+                        out = c.request(msg)
+                    except Exception as e:  # noqa: BLE001 - a timeout, config or socket error is shown, never lost
+                        out = e
+                self.done.put((tag, node, msg, out))
+                try:
+                    os.write(self.wake_w, b"x")
+                except OSError:
+                    pass
         finally:
             if c is not None:
                 c.close()
-        self.done.put((tag, node, msg, out))
-        try:
-            os.write(self.wake_w, b"x")
-        except OSError:
-            pass
 
     def results(self):
         try:
@@ -148,8 +160,11 @@ class Mesh:
             yield item
 
     def ask_due(self, model: ScreenModel, now_ns: int):
+        per = {}
         for node, what in model.due_queries(now_ns):
-            self.submit(node, Query(what), "query")
+            per.setdefault(node, []).append(what)
+        for node, whats in per.items():
+            self.ask(node, whats)
 
 
 def apply_result(model: ScreenModel, item, now_ns: int) -> bool:
