@@ -57,10 +57,9 @@ class Secret:
         return hash(self._v)
 
 
-# Node slots: each node's PUB port is base_port + 2*index, its REP port base_port + 2*index + 1.
-# Append only: the index fixes the ports.
-NODES = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts",
-         "replay", "supervisor", "offline")
+# Node slots: each node's PUB port is base_port + 2*slot, its REP port base_port + 2*slot + 1, in
+# the one registry of the mesh's parts (nodes/registry.py).
+from .registry import NODES, SECTIONS as _NODE_SECTIONS  # noqa: E402
 TRANSPORTS = ("tcp", "ipc", "inproc")
 
 
@@ -212,16 +211,7 @@ class MeshConfig:
 # --- sections -------------------------------------------------------------------------------------
 # Each node's section class lives in its own package (``nodes/<name>/config.py``), named here so the
 # loader can reject unknown sections without importing every node.
-SECTIONS = {
-    "mesh": "nodes.config:MeshConfig",
-    "marketdata": "nodes.marketdata.config:MarketDataConfig",
-    "risk": "nodes.risk.config:RiskConfig",
-    "execution": "nodes.execution.config:ExecutionConfig",
-    "store": "nodes.store.config:StoreConfig",
-    "strategy": "nodes.strategy.config:StrategyConfig",
-    "metrics": "nodes.metrics.config:MetricsConfig",
-    "alerts": "nodes.alerts.config:AlertsConfig",
-}
+SECTIONS = {"mesh": "nodes.config:MeshConfig", **_NODE_SECTIONS}
 # ([security] allow_any_known_key was accepted and never read: CurveZMQ is mesh.curve and
 # mesh.keys_dir, and the authenticator always admits exactly the public keys in keys_dir/public.)
 
@@ -583,15 +573,11 @@ def check(cfg: Config, build_nodes: bool = True) -> list:
         cfg.section(name)
     built = []
     if build_nodes:
+        from .registry import load_class
         for name in SECTIONS:
             if name == "mesh":
                 continue
-            mod = importlib.import_module(f"nodes.{name}")
-            cls = next((c for c in vars(mod).values()
-                        if isinstance(c, type) and getattr(c, "name", None) == name and hasattr(c, "from_config")),
-                       None)
-            if cls is None:
-                continue
+            cls = load_class(name)
             try:
                 cls.from_config(cfg)
             except ConfigError:

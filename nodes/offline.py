@@ -1,15 +1,21 @@
-"""Offline mode: every node that exists, as threads of one process over ZeroMQ ``inproc``.
+"""Offline mode, the backtest engine: every node of the mesh in one process, driven by one thread on
+the market clock (``nodes.engine``), over ZeroMQ ``inproc``.
 
-    python -m nodes.offline [--duration S] [--seed N] [--source synthetic|replay:FILE]
-                            [--summary-json PATH] [--state-dir DIR] [--bridge tcp://127.0.0.1:PORT]
+    python -m nodes.offline [--source synthetic|replay:PATH] [--market-hours H | --start T --end T]
+                            [--seed N] [--speed max|1|N] [--duration S] [--summary-json PATH]
+                            [--state-dir DIR] [--bridge tcp://127.0.0.1:PORT] [--cpus all|N[,N...]]
 
-No network: market data comes from the seeded synthetic generator or a store file replayed through
-the market-data node's normal publishing path. A summary node (the ``offline`` slot) counts what
-crosses the bus, prints progress every second and a summary at the end. ``--bridge`` re-publishes
-every inproc event on a tcp PUB socket so ``tickmesh tap --endpoint`` can watch an offline run.
+No network: market data comes from the seeded synthetic market (24 market hours of BTC-USD and
+ETH-USD by default, a tick, trades and a level2 book every market second per product, regimes and a
+flash crash) or from store files replayed through the market-data node's normal path. It runs as
+fast as the mesh goes (``--speed 1``: real time); ``--duration`` caps the wall time. The same seed
+and source give the same orders, fills, positions, PnL and store contents. A summary node (the
+``offline`` slot) counts what crosses the bus; progress lines show market time and percent done;
+the run ends with a summary and the run report (``tools.report``) in the state directory.
+``--bridge`` re-publishes every inproc event on a tcp PUB socket for ``tickmesh tap --endpoint``.
 """
 import argparse
-import importlib
+import datetime as _dt
 import json
 import os
 import signal
@@ -25,44 +31,33 @@ from proto import topics
 
 from . import config as _config
 from . import log as _log
+from . import registry
+from .engine import Engine, EngineError, MarketClock
 from .runtime import Node, NodeStartError
 
-# start order: consumers first (inproc connect-before-bind works either way), the source last
-NODE_CLASSES = (
-    ("store", "nodes.store", "StoreNode"),
-    ("risk", "nodes.risk", "RiskNode"),
-    ("execution", "nodes.execution", "ExecutionNode"),
-    ("strategy", "nodes.strategy", "StrategyNode"),
-    ("metrics", "nodes.metrics", "MetricsNode"),
-    ("alerts", "nodes.alerts", "AlertsNode"),
-    ("marketdata", "nodes.marketdata", "MarketDataNode"),
-)
+HOUR_NS = 3600 * 1_000_000_000
+SYNTHETIC_START = "2026-01-05T00:00:00Z"     # a synthetic run's default market start (a Monday)
 
 
 def available_nodes():
-    """(name, class) for every node package that is present."""
-    out = []
-    for name, mod, cls in NODE_CLASSES:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and (e.name == mod or mod.startswith(e.name + ".") or e.name.startswith(mod)):
-                continue
-            raise
-        if hasattr(m, cls):
-            out.append((name, getattr(m, cls)))
-    return out
+    """(name, class) of every node offline mode runs, in the order it drives them."""
+    return [(name, registry.load_class(name)) for name in registry.OFFLINE_ORDER]
 
 
 class Summary(Node):
     """Counts the mesh's events for the offline summary (and optionally bridges them to tcp)."""
 
     name = "offline"
-    subscriptions = ("",)
+    # what the summary counts; market data is counted by the market-data node (its counters are
+    # read at the end), so the summary does not decode every tick. A bridge takes everything.
+    subscriptions = (topics.ORDER, topics.FILL, topics.POSITION, topics.PNL, topics.RISK_KILLSWITCH,
+                     topics.RISK_STATE, topics.NODE_HEARTBEAT)
     bind_rep = False
 
     def __init__(self, *a, bridge: str = None, bridge_ctx=None, **kw):
         super().__init__(*a, **kw)
+        if bridge:
+            self.subscriptions = ("",)
         self.bridge_endpoint = bridge
         self._bridge_ctx = bridge_ctx
         self.bridge = None
@@ -139,12 +134,17 @@ def _reencode(env) -> bytes:
          type(env.msg)._encode(env.msg)], use_bin_type=True)
 
 
-def summarize(s: Summary, nodes: dict, elapsed: float, stored: int) -> dict:
+def summarize(s: Summary, nodes: dict, elapsed: float, stored: int, span=None) -> dict:
     pnl = s.pnl
     out = {
+        "market_start": _iso(span[0]) if span else None,
+        "market_end": _iso(span[1]) if span else None,
+        "market_hours": round((span[1] - span[0]) / HOUR_NS, 3) if span else None,
+        "wall_s": round(elapsed, 3),
         "duration_s": round(elapsed, 3),
         "nodes": sorted(nodes),
-        "ticks": s.n["ticks"], "trades": s.n["trades"], "books": s.n["books"],
+        "ticks": _md_count(s, nodes, "ticks"), "trades": _md_count(s, nodes, "trades"),
+        "books": _md_count(s, nodes, "books"),
         "orders": s.n["orders"], "fills": s.n["fills"], "rejects": s.n["rejects"],
         "cancels": s.n["cancels"], "reject_codes": dict(sorted(s.reject_codes.items())),
         "killswitch_engaged": s.killswitch_engaged, "killswitch_reason": s.killswitch_reason,
@@ -162,63 +162,76 @@ def summarize(s: Summary, nodes: dict, elapsed: float, stored: int) -> dict:
     return out
 
 
+def _md_count(s: Summary, nodes: dict, key: str) -> int:
+    """Market events published: the market-data node's own count (the summary does not subscribe
+    to market data unless it bridges, then it counts them itself)."""
+    md = nodes.get("marketdata")
+    return int(md.fc[key]) if md is not None and hasattr(md, "fc") else s.n[key]
+
+
+def _iso(ns: int) -> str:
+    return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str, opt: str) -> int:
+    """``2026-11-01``, ``2026-11-01T06:00``, ``...Z`` or ``+00:00`` -> ns since the epoch (UTC)."""
+    t = text.strip()
+    try:
+        d = _dt.datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith("Z") else t)
+    except ValueError:
+        raise _config.ConfigError(f"{opt}: expected a UTC date or time such as 2026-11-01 or "
+                                  f"2026-11-01T06:00Z, got {text!r}") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=_dt.timezone.utc)
+    return int(d.timestamp()) * 1_000_000_000 + d.microsecond * 1000
+
+
+# The housekeeping cadence of a market-time run: heartbeats, feed statuses, risk snapshots and
+# periodic positions/PnL are timed by the market clock, so at real-time cadence a 24-hour backtest
+# would spend most of its work on them. Trading decisions do not depend on these intervals.
+OFFLINE_CADENCE = {
+    "mesh": {"heartbeat_s": 10.0},
+    "marketdata": {"status_interval_s": 5.0, "book_publish_hz": 1.0},
+    "risk": {"publish_interval_s": 5.0, "state_max_age_ms": 20_000, "feed_status_timeout_s": 15.0,
+             "band_publish_min_interval_s": 5.0, "execution_heartbeat_timeout_s": 30.0},
+    "execution": {"pnl_interval_s": 5.0},
+    "alerts": {"node_timeout_s": 35.0},
+    "metrics": {"node_timeout_s": 35.0},
+}
+
+
 def build_config(args):
     cfg = _config.load(args.conf)
     state_dir = args.state_dir or str(_config.ROOT / "var" / "offline" / time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime()))
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     cfg = cfg.replace("mesh", transport="inproc", state_dir=state_dir)
+    for section, keys in OFFLINE_CADENCE.items():
+        cfg = cfg.replace(section, **keys)
     src = args.source
     md = {"seed": args.seed}
     if src == "synthetic":
-        md.update(source="synthetic", synthetic_rate_hz=args.rate)
+        md.update(source="synthetic", synthetic_trade_scale=args.trade_scale, synthetic_depth=10,
+                  synthetic_crash_at_h=args.crash_at_h)
     elif src.startswith("replay:"):
-        path = Path(src[len("replay:"):])
-        if not path.exists():
-            raise _config.ConfigError(f"--source: replay file not found: {path}")
-        md.update(source="replay", replay_file=str(path.resolve()), replay_speed=args.speed)
-        # trade what the file holds: a configured product with no data would stay unhealthy and
-        # trip risk's stale-feed kill switch after a few seconds of a long replay
-        products = replay_products(path)
+        from .marketdata import replay
+        paths = replay.resolve(src[len("replay:"):])
+        md.update(source="replay", replay_file=",".join(str(p.resolve()) for p in paths), replay_speed="max")
+        # trade what the files hold: a configured product with no data would stay unhealthy
+        products = replay.replay_products(paths)
         if products:
             cfg = cfg.replace("mesh", products=products)
     else:
-        raise _config.ConfigError(f"--source: expected synthetic or replay:FILE, got {src!r}")
-    try:
-        cfg = cfg.replace("marketdata", **md)
-    except (TypeError, ImportError, ModuleNotFoundError):
-        pass    # no market-data node in this checkout
-    try:   # lockstep waits for exactly the nodes this run starts (no probing on a busy machine)
-        names = tuple(n for n, _ in available_nodes() if n != "marketdata")
-        cfg = cfg.replace("marketdata", lockstep_nodes=names)
-        if args.lockstep is not None:
-            cfg = cfg.replace("marketdata", lockstep=args.lockstep)
-    except (TypeError, ImportError, ModuleNotFoundError):
-        pass
-    if src.startswith("replay:"):
-        try:   # throttle by the recording's clock: the same orders pass at any replay speed
-            cfg = cfg.replace("risk", rate_clock="market")
-        except (TypeError, ImportError, ModuleNotFoundError):
-            pass
-    try:
-        cfg = cfg.replace("strategy", seed=args.seed)
-    except (TypeError, ImportError, ModuleNotFoundError):
-        pass
-    try:
-        cfg = cfg.replace("execution", venue="paper", live_trading=False)
-    except (TypeError, ImportError, ModuleNotFoundError):
-        pass
-    try:
-        cfg = cfg.replace("metrics", port=0)
-    except (TypeError, ImportError, ModuleNotFoundError):
-        pass
+        raise _config.ConfigError(f"--source: expected synthetic or replay:PATH, got {src!r}")
+    cfg = cfg.replace("marketdata", **md)
+    cfg = cfg.replace("strategy", seed=args.seed)
+    cfg = cfg.replace("execution", venue="paper", live_trading=False)
+    cfg = cfg.replace("metrics", port=0)
     return cfg
 
 
 def default_cpus() -> set:
-    """One cpu (the highest this process may use). Every node of an offline run is a thread of
-    one process, so only one of them runs Python at a time (the GIL); handing the GIL between
-    threads on different cpus costs a cross-cpu wake-up each time, on one cpu a plain switch.
-    Measured on 2 vCPUs (docs/performance.md): a replay through the whole mesh 2.4x faster."""
+    """One cpu (the highest this process may use): the engine is one thread (and the store's
+    writer); keeping them on one cpu avoids cross-cpu wake-ups."""
     return {max(os.sched_getaffinity(0))}
 
 
@@ -239,54 +252,63 @@ def offline_cpus(cfg, arg: str = None):
     conf = cfg.mesh.cpu_affinity.get("offline")
     if conf:
         return set(conf), "mesh.cpu_affinity.offline"
-    return default_cpus(), "default: one cpu for one GIL, --cpus all to lift"
+    return default_cpus(), "default: one cpu, --cpus all to lift"
 
 
-def replay_products(path) -> tuple:
-    """The products of the market-data events in a store file (one pass over its bytes)."""
-    import re
-    pat = re.compile(rb'"topic":"md\.(?:tick|trade|book)\.([A-Za-z0-9-]+)"')
-    found = set()
-    with open(path, "rb") as f:
-        for line in f:
-            m = pat.search(line, 0, 80)
-            if m:
-                found.add(m.group(1).decode())
-    return tuple(sorted(found))
-
-
-def replay_finished(nodes) -> bool:
-    md = nodes.get("marketdata")
-    if md is None:
-        return False
-    return bool(md.extra_counters().get("replay_done", 0))
+def parse_speed(text: str) -> float:
+    if text == "max":
+        return 0.0
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise _config.ConfigError(f"--speed: expected max or a positive number, got {text!r}")
+    return v
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m nodes.offline", description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds to run (a replay stops earlier when its file is done)")
+    p.add_argument("--source", default="synthetic",
+                   help="synthetic, or replay:PATH (a store file, a store directory, a glob or a comma list)")
+    p.add_argument("--market-hours", type=float, default=None,
+                   help="how much market to cover (synthetic default 24; a replay: from its start)")
+    p.add_argument("--start", help="market start, UTC (replay: skip what is before; synthetic: its clock)")
+    p.add_argument("--end", help="market end, UTC (replay: stop there)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--source", default="synthetic", help="synthetic | replay:FILE")
-    p.add_argument("--speed", default="max", help="replay pace: 1, 10, max, or a number")
-    p.add_argument("--rate", type=float, default=50.0,
-                   help="synthetic market steps per second (0: as fast as the mesh goes)")
+    p.add_argument("--speed", default="max", help="max (as fast as the mesh goes, default), 1 (real time), or N")
+    p.add_argument("--duration", type=float, default=None, help="wall-clock cap in seconds (default: none)")
+    p.add_argument("--trade-scale", type=float, default=0.25,
+                   help="synthetic: the model's trade rates times this (default 0.25: about a trade a second)")
+    p.add_argument("--crash-at-h", type=float, default=16.0,
+                   help="synthetic: a flash crash this many market hours in (default 16; < 0: none)")
     p.add_argument("--summary-json", metavar="PATH")
     p.add_argument("--state-dir", help="journals, kill switch and store files (default var/offline/run-<time>)")
     p.add_argument("--conf")
     p.add_argument("--bridge", metavar="ENDPOINT", help="also publish every event on this tcp endpoint")
-    p.add_argument("--lockstep", dest="lockstep", action="store_true", default=None,
-                   help="deterministic: the source waits for the mesh after each event (default for replay)")
-    p.add_argument("--no-lockstep", dest="lockstep", action="store_false")
     p.add_argument("--cpus", metavar="all|N[,N...]",
                    help="cpus of the offline process (default: mesh.cpu_affinity.offline, else one cpu)")
     p.add_argument("--quiet", action="store_true", help="no per-second progress lines")
+    p.add_argument("--no-report", action="store_true", help="do not write the run report")
     p.add_argument("--log-level", default=None)
     p.add_argument("--alerts", choices=("log", "local", "live"), default="log",
                    help="alerts.mode of this run: log (default) keeps alerts in the log, live pages the "
                         "Slack/Teams channels of the secrets, local only channels on this machine")
     args = p.parse_args(argv)
     try:
+        args.speed_x = parse_speed(args.speed)
+        if args.duration is not None and not args.duration > 0:
+            raise _config.ConfigError(f"--duration: must be > 0 seconds, got {args.duration:g}")
+        if args.market_hours is not None and not args.market_hours > 0:
+            raise _config.ConfigError(f"--market-hours: must be > 0, got {args.market_hours:g}")
+        if not args.trade_scale > 0:
+            raise _config.ConfigError(f"--trade-scale: must be > 0, got {args.trade_scale:g}")
+        args.start_ns = parse_time(args.start, "--start") if args.start else None
+        args.end_ns = parse_time(args.end, "--end") if args.end else None
+        if args.end_ns is not None and args.market_hours is not None:
+            raise _config.ConfigError("--end and --market-hours: give one of them")
+        if args.start_ns is not None and args.end_ns is not None and args.end_ns <= args.start_ns:
+            raise _config.ConfigError(f"--end: {args.end} is not after --start {args.start}")
         cfg = build_config(args)
         cfg = cfg.replace("alerts", mode=args.alerts)   # a replay must not page production channels
         _config.check(cfg)      # every node's own checks, before anything starts: one line, exit 2
@@ -304,72 +326,112 @@ def main(argv=None) -> int:
             os.sched_setaffinity(0, old_cpus)
 
 
+def _window(args, cfg, md):
+    """(start_ns, end_ns or None, the source's batches)."""
+    if cfg.section("marketdata").source == "synthetic":
+        start = args.start_ns if args.start_ns is not None else parse_time(SYNTHETIC_START, "start")
+        if args.end_ns is not None:
+            end = args.end_ns
+        else:
+            end = start + int((args.market_hours if args.market_hours is not None else 24.0) * HOUR_NS)
+        return start, end, md.source.batches(start, 1_000_000_000, 1.0)
+    first = _first_ts(md.source)
+    start = args.start_ns if args.start_ns is not None else first
+    end = args.end_ns
+    if end is None and args.market_hours is not None:
+        end = start + int(args.market_hours * HOUR_NS)
+    gen = md.source.batches(stamp=lambda ts: ts)
+    if args.start_ns is not None:
+        gen = ((ts, b) for ts, b in gen if ts == 0 or ts >= start or type(b[-1]).__name__ == "ReplayDone")
+    return start, end, gen
+
+
+def _first_ts(source) -> int:
+    from .marketdata.replay import read_events
+    for env in read_events(source.paths):
+        if env.ts_event:
+            return env.ts_event
+    return 0
+
+
 def _run(args, cfg, cpus, why) -> int:
     _log.setup(args.log_level or "WARNING")   # progress lines say what it does; --log-level INFO for more
     log = _log.get("offline")
     ctx = zmq.Context()
-    stop = threading.Event()
+    stop_ev = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    started = {}
+        signal.signal(sig, lambda *_: stop_ev.set())
+    nodes = {}
+    for name, cls in available_nodes():
+        nodes[name] = cls.from_config(cfg, context=ctx)
+    md = nodes["marketdata"]
+    md.driven_source = True
     summary = Summary(cfg.mesh, context=ctx, bridge=args.bridge, bridge_ctx=ctx)
+    clock = MarketClock(0)
+    engine = Engine(list(nodes.values()) + [summary], clock, speed=args.speed_x)
     t0 = time.monotonic()
     rc = 0
+    span = None
+    reason = "not started"
     try:
-        summary.start()
-        for name, cls in available_nodes():
-            node = cls.from_config(cfg, context=ctx)
-            node.start()
-            started[name] = node
-        print(f"offline: running {', '.join(started) or 'no nodes'} over inproc for up to "
-              f"{args.duration:g} s, source {args.source}, seed {args.seed}, state in {cfg.mesh.state_dir}, "
-              f"cpus {'any' if cpus is None else ','.join(map(str, sorted(cpus)))} ({why})", flush=True)
-        next_print = time.monotonic() + 1
-        deadline = t0 + args.duration
-        while not stop.is_set() and time.monotonic() < deadline:
-            stop.wait(0.05)
-            if args.source.startswith("replay:") and replay_finished(started):
-                log.info("replay finished")
-                break
-            dead = [n for n, node in started.items() if not node.alive]
-            if dead:
-                print(f"offline: node(s) died: {', '.join(dead)}", file=sys.stderr)
-                rc = 1
-                break
-            if not args.quiet and time.monotonic() >= next_print:
-                next_print += 1
-                s = summary.n
-                pnl = summary.pnl.realized if summary.pnl else Decimal(0)
-                print(f"  t={time.monotonic() - t0:5.1f}s ticks={s['ticks']} orders={s['orders']} "
-                      f"fills={s['fills']} rejects={s['rejects']} realized_pnl={pnl} "
-                      f"killswitch={'ON' if summary.killswitch_engaged else 'off'}", flush=True)
+        md.source = md._make_source()           # the source, pulled by the engine (no thread)
+        start, end, batches = _window(args, cfg, md)
+        clock.ns = start
+        engine.start()
+        span = [start, start]
+        total = (end - start) if end else None
+        print(f"offline: {', '.join(nodes)} driven by one thread over inproc, source {args.source}, seed {args.seed}, "
+              f"market {_iso(start)} -> {_iso(end) if end else 'end of the recording'}, speed {args.speed}, "
+              f"state in {cfg.mesh.state_dir}, cpus {'any' if cpus is None else ','.join(map(str, sorted(cpus)))} "
+              f"({why})", flush=True)
+
+        def progress():
+            if args.quiet:
+                return
+            s = summary.n
+            pnl = summary.pnl.realized if summary.pnl else Decimal(0)
+            done = f" {100.0 * (clock.ns - start) / total:5.1f}%" if total else ""
+            print(f"  market {_iso(clock.ns)}{done} wall {time.monotonic() - t0:5.1f}s ticks={md.fc['ticks']} "
+                  f"orders={s['orders']} fills={s['fills']} rejects={s['rejects']} realized_pnl={pnl} "
+                  f"killswitch={'ON' if summary.killswitch_engaged else 'off'}", flush=True)
+        deadline = t0 + args.duration if args.duration else None
+        reason = engine.run(md, batches, end_ns=end, stop=lambda t: stop_ev.wait(t) if t else stop_ev.is_set(),
+                            wall_deadline=deadline, on_wall_second=progress)
+        span[1] = clock.ns
+        log.info("engine stopped: %s", reason)
     except NodeStartError as e:
         print(f"offline: {e}", file=sys.stderr)
         rc = 1
+    except EngineError as e:
+        print(f"offline: {e}", file=sys.stderr)
+        rc = 1
     finally:
-        # stop the source first, let the rest drain, then the consumers (reverse start order)
-        for name in reversed(list(started)):
-            started[name].stop()
+        engine.stop()
         stored = 0
-        if "store" in started:
-            stored = int(started["store"].extra_counters().get("events_stored", 0))
-        summary.stop()
+        if "store" in nodes and nodes["store"].writer is not None:
+            stored = int(nodes["store"].writer.stored)
         ctx.term()
     elapsed = time.monotonic() - t0
-    out = summarize(summary, started, elapsed, stored)
+    out = summarize(summary, nodes, elapsed, stored, span)
+    out["ended_by"] = reason
+    if span:
+        print(f"offline: {out['market_hours']:g} market hours ({out['market_start']} -> {out['market_end']}) "
+              f"in {elapsed:.1f} s of wall time ({reason})")
     print("offline summary:")
-    for k in ("ticks", "trades", "orders", "fills", "rejects", "cancels", "realized_pnl", "unrealized_pnl",
-              "fees", "killswitch_engaged", "trading_state", "events_stored", "bus_gaps", "malformed"):
+    for k in ("ticks", "trades", "books", "orders", "fills", "rejects", "cancels", "realized_pnl",
+              "unrealized_pnl", "fees", "killswitch_engaged", "trading_state", "events_stored", "bus_gaps",
+              "malformed"):
         print(f"  {k:<20} {out[k]}")
     if out["reject_codes"]:
         print(f"  {'reject_codes':<20} {out['reject_codes']}")
     if out["positions"]:
         print(f"  {'positions':<20} {out['positions']}")
-    from tools.report import write_run_report    # the run report: report.html in the state dir + headline figures
-    report, headline = write_run_report(cfg.mesh.state_dir)
-    out.update({k: v for k, v in headline.items() if k not in out})
-    for k, v in headline.items():
-        print(f"  {k:<20} {v}")
+    if not args.no_report and rc == 0:
+        from tools.report import write_run_report    # the run report: report.html in the state dir + headline figures
+        report, headline = write_run_report(cfg.mesh.state_dir)
+        out.update({k: v for k, v in headline.items() if k not in out})
+        for k, v in headline.items():
+            print(f"  {k:<20} {v}")
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(out, indent=2))
     return rc

@@ -110,10 +110,14 @@ class Node:
         self._dealer_of: dict = {}      # socket -> node
         self._pending: dict = {}        # msg_id -> (on_reply, on_timeout, node)
         self._req_enc = None
+        self._driven = False
+        self._socket_added = None       # the offline engine's hook: poll a request socket opened later
 
-    # the node's clock (monotonic seconds): timers, timeouts and every age a node measures. The
-    # offline driver replaces it with the market clock, so a backtest runs on market time.
+    # the node's clocks: ``clock()`` (monotonic seconds) for timers, timeouts and every age a node
+    # measures; ``now_ns()`` (wall-clock ns) for the timestamps it stamps. The offline driver
+    # replaces both with the market clock, so a backtest runs on market time, deterministically.
     clock = staticmethod(time.monotonic)
+    now_ns = staticmethod(time.time_ns)
 
     # --- registration ---------------------------------------------------------------------------
     def on(self, msg_type, fn):
@@ -173,6 +177,8 @@ class Node:
         self._dealers[node] = s
         self._dealer_of[s] = node
         self._poller.register(s, zmq.POLLIN)
+        if self._socket_added is not None:
+            self._socket_added(self, s)
         if self._req_enc is None:
             self._req_enc = proto.Encoder(self.instance)
         return s
@@ -192,12 +198,14 @@ class Node:
         if p[1] is not None:
             p[1](f"no reply from {p[2]} within {timeout_s * 1000:.0f} ms")
 
-    def _drain_dealer(self, sock, budget: int = 500):
+    def _drain_dealer(self, sock, budget: int = 500) -> int:
+        n = 0
         for _ in range(budget):
             try:
                 raw = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return n
+            n += 1
             try:
                 env = proto.decode(raw)
             except DecodeError:
@@ -212,6 +220,7 @@ class Node:
             except Exception:  # noqa: BLE001
                 self.counters["handler_errors"] += 1
                 self.log.exception("reply handler for a request to %s failed", p[2])
+        return n
 
     def call_soon(self, fn, *args):
         """Thread-safe: run ``fn(*args)`` in the loop thread (e.g. from a feed thread)."""
@@ -333,6 +342,97 @@ class Node:
             elif self.state == NodeState.FAILED:
                 self._set_state(NodeState.STOPPED)
             self.log.info("stopped")
+
+    # --- driven: one external thread runs many nodes (the offline engine, nodes/engine.py) --------
+    def start_driven(self, clock, now_ns):
+        """Open the sockets and run ``setup()`` in the calling thread, which from now on runs
+        this node through ``drive()`` and ``due()``/``fire_timer()``; timers and timestamps follow
+        ``clock``/``now_ns`` (market time). No loop thread is started."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.instance} already started")
+        mono = time.monotonic()
+        self.clock, self.now_ns = clock, now_ns
+        now = clock()
+        # timers registered in __init__ were due on the monotonic clock: move them to this one
+        self._timers = [(due - mono + now, tid, iv, fn) for due, tid, iv, fn in self._timers]
+        heapq.heapify(self._timers)
+        if self._own_ctx:
+            self._ctx = zmq.Context()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._driven = True
+        try:
+            self._open()
+            self._started_ns = now_ns()
+            self.setup()
+        except BaseException as e:
+            self._error = e
+            self._close()
+            self._cleanup_process_resources()
+            if isinstance(e, (NodeStartError, zmq.ZMQError)):
+                raise NodeStartError(f"{self.instance}: {e}") from e
+            raise
+        self._set_state(NodeState.RUNNING)
+        self.every(self.mesh.heartbeat_s, self._heartbeat, first=0)
+        self._ready.set()
+        return self
+
+    def drive(self) -> int:
+        """Handle everything readable now (SUB, ROUTER, request sockets) and the queued calls;
+        the number of messages and calls handled (0: this node is idle)."""
+        n = 0
+        if self.sub is not None:
+            n += self._drain_sub()
+        if self.rep is not None:
+            n += self._drain_rep()
+        for sock in list(self._dealers.values()):
+            n += self._drain_dealer(sock)
+        return n + self.run_calls()
+
+    def run_calls(self) -> int:
+        """Run the calls queued so far (``call_soon``), not the ones they queue."""
+        n = len(self._calls)
+        for _ in range(n):
+            fn, args = self._calls.popleft()
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001
+                self.counters["handler_errors"] += 1
+                self.log.exception("call_soon %s failed", getattr(fn, "__name__", fn))
+        return n
+
+    def next_due(self):
+        """(due, timer id) of the next timer, or None."""
+        t = self._timers
+        return (t[0][0], t[0][1]) if t else None
+
+    def fire_timer(self):
+        """Run the next timer (the driver calls this when the market clock reached it)."""
+        due, tid, interval, fn = heapq.heappop(self._timers)
+        if interval:
+            heapq.heappush(self._timers, (due + interval, tid, interval, fn))
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            self.counters["handler_errors"] += 1
+            self.log.exception("timer %s failed", getattr(fn, "__name__", fn))
+
+    def stop_driven(self):
+        """teardown(), the last heartbeat, sockets closed (the driving thread)."""
+        if self.state not in (NodeState.RUNNING, NodeState.FAILED):
+            return
+        self._set_state(NodeState.STOPPING)
+        try:
+            self.teardown()
+        except Exception:  # noqa: BLE001
+            self.log.exception("teardown failed")
+        if self.pub is not None:
+            self._publish_heartbeat(NodeState.STOPPED)
+        self._close()
+        self._set_state(NodeState.STOPPED)
+        self._cleanup_process_resources()
+        self.log.info("stopped")
 
     def _open(self):
         ctx, m = self._ctx, self.mesh
@@ -515,6 +615,7 @@ class Node:
         except zmq.Again:
             pass
         counters["received"] += n
+        return n
 
     def _check_seq(self, env):
         key = (env.source, env.topic)
@@ -573,12 +674,14 @@ class Node:
         if n <= 20 or n % 1000 == 0:
             self.log.exception("handler for %s failed (%d so far)", env.msg.TAG, n)
 
-    def _drain_rep(self, budget: int = 500):
+    def _drain_rep(self, budget: int = 500) -> int:
+        n = 0
         for _ in range(budget):
             try:
                 frames = self.rep.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return n
+            n += 1
             self.counters["requests"] += 1
             if len(frames) < 2 or len(frames) > 3 or (len(frames) == 3 and frames[1] != b""):
                 self.counters["malformed"] += 1
@@ -589,10 +692,10 @@ class Node:
                                      Reply(False, Code.BAD_REQUEST, "expected one payload frame"))
                 continue
             head, payload = frames[:-1], frames[-1]
-            # events published before this request was sent must be handled before it: the SUB may
-            # hold them without the poller having said so yet (seen on inproc), so drain it first
+            # fresher state for the answer: events already waiting on the SUB socket are handled
+            # first (not a correctness rule: nothing depends on it, requests are asynchronous)
             sub = self.sub
-            if sub is not None and sub.get(zmq.EVENTS) & zmq.POLLIN:
+            if sub is not None and not self._driven and sub.get(zmq.EVENTS) & zmq.POLLIN:
                 self._drain_sub()
             try:
                 env = proto.decode(payload)
@@ -602,6 +705,7 @@ class Node:
                 self._send_reply(head, _salvage_msg_id(payload), Reply(False, Code.BAD_REQUEST, str(e)))
                 continue
             self._send_reply(head, env.msg_id, self.handle_request(env))
+        return n
 
     def handle_request(self, env) -> Reply:
         """Run the server for one decoded request; never raises."""
@@ -652,7 +756,7 @@ class Node:
         c = dict(self.counters)
         c.update(self.extra_counters())
         return {"node": self.instance, "state": self.state, "pid": os.getpid(),
-                "uptime_s": (time.time_ns() - self._started_ns) / 1e9 if self._started_ns else 0.0,
+                "uptime_s": (self.now_ns() - self._started_ns) / 1e9 if self._started_ns else 0.0,
                 "counters": c, "bus_gaps": dict(self.bus_gaps)}
 
     def _heartbeat(self):
@@ -667,7 +771,7 @@ class Node:
         for src, n in self.bus_gaps.items():
             c[f"bus_gaps.{src}"] = n
         c = {k: int(v) for k, v in c.items()}
-        now = time.time_ns()
+        now = self.now_ns()
         hb = Heartbeat(self.instance, os.getpid(), state, self._started_ns,
                        (now - self._started_ns) / 1e9 if self._started_ns else 0.0, c, socket.gethostname())
         try:

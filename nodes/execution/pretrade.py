@@ -247,7 +247,7 @@ class PreTrade:
             code, reason, size = Code.RISK_UNAVAILABLE, why, None
         else:
             code, reason, ctx = checks.run(self, intent, now)
-            size = ctx.size()
+            size = ctx.size() if code == Code.OK else None
         approved = code == Code.OK
         if approved:
             self.approvals.append(now)

@@ -4,7 +4,6 @@ Every key is documented in ``conf/mesh.toml``. ``COINBASE_WS_URL`` and ``USE_OFF
 ``ws_url`` / ``use_official_sdk`` (mapped in ``nodes.config.ENV_KEYS``).
 """
 import dataclasses
-from typing import Optional
 
 from nodes.config import ConfigError
 
@@ -48,14 +47,14 @@ class MarketDataConfig:
     seed: int = 1                                     # synthetic source
     synthetic_rate_hz: float = 10.0                   # synthetic market steps per second (0: as fast as possible)
     synthetic_time_scale: float = 1.0                 # simulated market seconds per real second (rate > 0)
+    synthetic_trade_scale: float = 1.0                # multiplies the model's trade rates
+    synthetic_depth: int = 40                         # levels per side of the synthetic book
+    synthetic_crash_at_h: float = -1.0                # a flash crash this many hours in (< 0: none)
+    synthetic_crash_pct: float = 12.0                 # ... falling this many % ...
+    synthetic_crash_minutes: float = 10.0             # ... over this many minutes
     replay_file: str = ""                             # store JSON Lines file (relative: to mesh.state_dir)
     replay_speed: str = "1"                           # "1" recorded pace, "10" ten times faster, "max"
     store_raw: bool = False                           # also publish every exchange frame as RawFrame on raw.coinbase
-    # synthetic/replay: publish one event at a time and wait until every node that answers requests
-    # has processed it (and what it caused) before the next; None = on for a replay over inproc
-    lockstep: Optional[bool] = None
-    # the nodes lockstep waits for; empty: every node that answers a quick probe at the start
-    lockstep_nodes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -73,6 +72,14 @@ class MarketDataConfig:
                     "backoff_initial_s", "backoff_max_s", "backoff_multiplier"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"marketdata.{key}: must be > 0, got {getattr(self, key)}")
+        if not 1 <= self.synthetic_depth <= 1000:
+            raise ConfigError(f"marketdata.synthetic_depth: must be 1..1000, got {self.synthetic_depth}")
+        if not self.synthetic_trade_scale > 0:
+            raise ConfigError(f"marketdata.synthetic_trade_scale: must be > 0, got {self.synthetic_trade_scale}")
+        if not 0 < self.synthetic_crash_pct < 100:
+            raise ConfigError(f"marketdata.synthetic_crash_pct: must be in (0, 100), got {self.synthetic_crash_pct}")
+        if not self.synthetic_crash_minutes > 0:
+            raise ConfigError(f"marketdata.synthetic_crash_minutes: must be > 0, got {self.synthetic_crash_minutes}")
         if not self.synthetic_time_scale > 0:
             raise ConfigError(f"marketdata.synthetic_time_scale: must be > 0, got {self.synthetic_time_scale}")
         for key in ("book_publish_hz", "synthetic_rate_hz", "backoff_reset_s"):

@@ -205,49 +205,38 @@ class ReplaySource:
                 return True
         return False
 
-    def _run(self):
+    def batches(self, stamp=None):
+        """Generator of ``(ts_event, events)``, one record at a time, in file order (merged by
+        exchange time across recordings), ending with ``ReplayDone``. No thread, no wait: the
+        offline engine pulls it on the market clock. ``stamp(ts_event)`` gives the events'
+        ``ts_recv`` (default: the wall clock when the record is read)."""
         try:
             self.mode = "raw" if self._has_raw() else "events"
         except (OSError, proto.DecodeError) as e:
             self.error = str(e)
         self.log.info("replaying %s (%d file%s, %s mode, speed %s)", self.path, len(self.paths),
                       "" if len(self.paths) == 1 else "s", self.mode or "?", self.conf.replay_speed)
-        batch: list = []
         conn = ""
         norms: dict = {}
-        speed = self.speed
-        t0 = None
-        w0 = time.monotonic()
-        stop = self._stop
         raw_mode = self.mode == "raw"
+        ts = 0
         try:
             if self.error:
                 raise proto.DecodeError(self.error)
             if not raw_mode:
                 conn = "replay"
-                batch.append(Connected(conn, False))
+                yield 0, [Connected(conn, False)]
             for env in read_events(self.paths):
-                if stop.is_set():
-                    break
                 self.records += 1
                 msg = env.msg
                 t = type(msg)
-                if speed > 0:
-                    ts = env.ts_recv or env.ts_event
-                    if t0 is None:
-                        t0 = ts
-                    delay = w0 + (ts - t0) / 1e9 / speed - time.monotonic()
-                    if delay > 0.001:
-                        if batch and not self.emit(batch, wait=True):
-                            return
-                        batch = []
-                        if stop.wait(delay):
-                            break
-                now = time.time_ns()
+                ts = env.ts_event or env.ts_recv
+                now = stamp(ts) if stamp is not None else time.time_ns()
                 if raw_mode:
                     if t is not proto.RawFrame:
                         self.skipped += 1
                         continue
+                    batch = []
                     if msg.connection != conn:
                         if conn:
                             batch.append(Disconnected(conn, "recorded connection ended"))
@@ -258,31 +247,52 @@ class ReplaySource:
                         norm = norms[conn] = Normalizer(conn)
                     batch.extend(norm.feed(msg.data, now))
                     self.used += 1
+                    yield env.ts_recv or ts, batch
                 elif t is proto.Tick and msg.product in self.products:
-                    batch.append(TickEv(msg.product, msg.price, msg.bid, msg.bid_size, msg.ask, msg.ask_size,
-                                        msg.volume_24h, env.ts_event, now))
                     self.used += 1
+                    yield ts, [TickEv(msg.product, msg.price, msg.bid, msg.bid_size, msg.ask, msg.ask_size,
+                                      msg.volume_24h, env.ts_event, now)]
                 elif t is proto.Trade and msg.product in self.products:
-                    batch.append(TradeEv(msg.product, msg.trade_id, msg.price, msg.size, msg.side, env.ts_event, now))
                     self.used += 1
+                    yield ts, [TradeEv(msg.product, msg.trade_id, msg.price, msg.size, msg.side, env.ts_event, now)]
                 elif t is proto.Book and msg.product in self.products:
-                    batch.append(L2Ev(msg.product, True, [tuple(lv) for lv in msg.bids],
-                                      [tuple(lv) for lv in msg.asks], env.ts_event, now))
                     self.used += 1
+                    yield ts, [L2Ev(msg.product, True, [tuple(lv) for lv in msg.bids],
+                                    [tuple(lv) for lv in msg.asks], env.ts_event, now)]
                 else:
                     self.skipped += 1
-                if len(batch) >= self.batch:
-                    if not self.emit(batch, wait=True):
-                        return
-                    batch = []
         except (OSError, proto.DecodeError) as e:
             self.error = str(e)[:300]
             self.log.error("replay of %s stopped: %s", self.path, self.error)
         except Exception as e:  # noqa: BLE001 - report it, and still tell the node the replay ended
             self.error = f"{type(e).__name__}: {e}"[:300]
             self.log.exception("replay of %s failed", self.path)
-        if stop.is_set():
-            return
         self.done = True
-        batch.append(ReplayDone(self.records, self.used, self.skipped, self.error))
-        self.emit(batch, wait=True)
+        yield ts, [ReplayDone(self.records, self.used, self.skipped, self.error)]
+
+    def _run(self):
+        """The threaded source: ``batches()`` paced by the recorded receive times / ``replay_speed``
+        (0: as fast as the node takes it), in bounded batches."""
+        batch: list = []
+        speed = self.speed
+        t0 = None
+        w0 = time.monotonic()
+        stop = self._stop
+        for ts, events in self.batches():
+            if stop.is_set():
+                return
+            if speed > 0 and ts:
+                if t0 is None:
+                    t0 = ts
+                delay = w0 + (ts - t0) / 1e9 / speed - time.monotonic()
+                if delay > 0.001:
+                    if batch and not self.emit(batch, wait=True):
+                        return
+                    batch = []
+                    if stop.wait(delay):
+                        return
+            batch.extend(events)
+            if len(batch) >= self.batch or self.done:
+                if not self.emit(batch, wait=True):
+                    return
+                batch = []

@@ -218,14 +218,17 @@ class _Product:
                 return k
             k += 1
 
-    def step(self, dt: float, now_ns: int):
-        """Advance ``dt`` seconds. Returns (changes {True: {tick: lots}, False: {...}}, trades)."""
+    def step(self, dt: float, now_ns: int, drift: float = 0.0, trade_scale: float = 1.0):
+        """Advance ``dt`` seconds (``drift``: an extra log move, a crash). Returns (changes
+        {True: {tick: lots}, False: {...}}, trades)."""
         m, rng = self.m, self.rng
         # regime switching: leave the current regime with rate 1/mean duration
-        if rng.random() < dt / m.regime_s[self.regime]:
+        if drift:
+            self.regime = TURBULENT
+        elif rng.random() < dt / m.regime_s[self.regime]:
             self.regime = rng.choice([r for r in (CALM, NORMAL, TURBULENT) if r != self.regime])
         sigma = m.vols[self.regime] / math.sqrt(SECONDS_PER_YEAR)
-        move = -0.5 * sigma * sigma * dt + sigma * math.sqrt(dt) * rng.gauss(0.0, 1.0)
+        move = drift - 0.5 * sigma * sigma * dt + sigma * math.sqrt(dt) * rng.gauss(0.0, 1.0)
         if rng.random() < m.jumps_per_hour * dt / 3600.0:
             move += rng.gauss(0.0, m.jump_sd)
             self.regime = TURBULENT
@@ -234,7 +237,7 @@ class _Product:
         changes = {True: {}, False: {}}
         self._requote(changes=changes)
         trades = []
-        n = self._poisson(m.trades_per_s * dt * (1.0 + self.regime))
+        n = self._poisson(m.trades_per_s * trade_scale * dt * (1.0 + self.regime))
         for i in range(n):
             lean = 0.5 + (0.15 if self.last_move > 0 else -0.15 if self.last_move < 0 else 0.0)
             taker_buy = rng.random() < lean
@@ -302,13 +305,21 @@ class StepUpdate:
 class Market:
     """Several simulated products, one seeded RNG each (independent of product order)."""
 
-    def __init__(self, products, seed: int = 1, specs: dict = None):
+    def __init__(self, products, seed: int = 1, specs: dict = None, trade_scale: float = 1.0,
+                 ticker_every_step: bool = False, depth: int = 0):
         specs = specs or {}
         self.seed = seed
+        self.depth = depth                               # levels per side (0: each model's own)
+        self.trade_scale = trade_scale
+        self.ticker_every_step = ticker_every_step      # a ticker per step (the touch moves every step)
+        self.crash = None                                # (start_ns, end_ns, log move per second)
         self.products = {}
         for p in products:
             rng = random.Random((seed * 1_000_003) ^ zlib.crc32(p.encode()))
-            self.products[p] = _Product(p, model_for(p, specs.get(p)), rng)
+            m = model_for(p, specs.get(p))
+            if depth:
+                m = ProductModel(**{**m.__dict__, "depth": depth})
+            self.products[p] = _Product(p, m, rng)
         self.steps = 0
 
     def ensure(self, product: str):
@@ -318,14 +329,23 @@ class Market:
             self.products[product] = _Product(product, model_for(product), rng)
         return self.products[product]
 
+    def schedule_crash(self, start_ns: int, minutes: float, pct: float):
+        """Every product falls ``pct`` % (log-linearly, in a turbulent regime) over ``minutes``
+        from ``start_ns``: a flash crash."""
+        secs = minutes * 60.0
+        self.crash = (start_ns, start_ns + int(secs * 1e9), math.log(1.0 - pct / 100.0) / secs)
+
     def step(self, dt: float, now_ns: int) -> StepUpdate:
         self.steps += 1
         up = StepUpdate(now_ns)
         ts = fmt_ts(now_ns)
+        c = self.crash
+        drift = c[2] * dt if c is not None and c[0] <= now_ns < c[1] else 0.0
         for name, pr in self.products.items():
-            changes, trades = pr.step(dt, now_ns)
+            changes, trades = pr.step(dt, now_ns, drift, self.trade_scale)
             if trades:
                 up.trades[name] = trades
+            if trades or self.ticker_every_step:
                 up.tickers[name] = pr.ticker()
             l2 = pr.l2_updates(changes, ts)
             if l2:
@@ -429,8 +449,10 @@ class Session:
 # --- the node's synthetic source ---------------------------------------------------------------------------------
 
 class SyntheticSource:
-    """Steps a seeded ``Market`` in a thread and feeds its Coinbase frames to a ``Normalizer``,
-    handing the events to ``emit`` (the node's thread-safe sink) exactly like a live connection."""
+    """Steps a seeded ``Market`` and feeds its Coinbase frames to a ``Normalizer``, exactly like a
+    live connection. ``batches()`` is the source itself, a generator with no thread and no wait
+    (the offline engine pulls from it on the market clock); ``start()`` runs it in a thread that
+    paces it (``synthetic_rate_hz``) and hands each batch to ``emit`` (the node's thread-safe sink)."""
 
     kind = "synthetic"
 
@@ -440,7 +462,8 @@ class SyntheticSource:
         self.emit = emit
         self.log = log
         self.raw = raw
-        self.market = Market(self.products, seed=conf.seed, specs=specs)
+        self.market = Market(self.products, seed=conf.seed, specs=specs, trade_scale=conf.synthetic_trade_scale,
+                             ticker_every_step=True, depth=max(conf.book_depth, conf.synthetic_depth))
         self._stop = threading.Event()
         self._thread = None
         self._resnap: list = []
@@ -464,62 +487,73 @@ class SyntheticSource:
     def info(self) -> dict:
         return {"source": "synthetic", "seed": self.conf.seed, "steps": self.market.steps, "frames": self.frames}
 
-    def _run(self):
+    def batches(self, start_ns: int, step_ns: int, sim_dt: float, wall: bool = False):
+        """Generator of ``(ts_ns, events)``: the connection and its subscriptions, then one market
+        step after another, each ``step_ns`` of market time apart (``sim_dt`` simulated seconds of
+        movement). ``wall``: stamp each step with the wall clock at the moment it is taken (a
+        paced live-like source) instead of ``start_ns + k * step_ns``."""
         import json
-        from .feed import Connected, Disconnected, RawEv
+        from .feed import Connected, RawEv
         conf = self.conf
-        rate = conf.synthetic_rate_hz
-        dt = 1.0 / rate if rate > 0 else 0.1
-        sim_dt = dt * conf.synthetic_time_scale if rate > 0 else dt     # market seconds per step
         session = Session(self.market, random.Random(conf.seed), ack_order="random")
         norm = Normalizer(self.conn)
-        sim_clock = time.time_ns()
-        start_wall = time.monotonic()
+        if conf.synthetic_crash_at_h >= 0:
+            self.market.schedule_crash(start_ns + int(conf.synthetic_crash_at_h * 3600e9),
+                                       conf.synthetic_crash_minutes, conf.synthetic_crash_pct)
 
-        def now():
-            return time.time_ns() if rate > 0 else sim_clock
-
-        def push(frames, wait):
+        def events(frames, ts):
             batch = []
             for f in frames:
                 self.frames += 1
                 if self.raw:
                     batch.append(RawEv(self.conn, f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))))
-                batch.extend(norm.feed(f, time.time_ns()))
-            return self.emit(batch, wait=wait)
+                batch.extend(norm.feed(f, ts))
+            return batch
 
+        batch = [Connected(self.conn, True)]
+        for ch in conf.channels:
+            msg = {"type": "subscribe", "channel": ch}
+            if ch != "heartbeats":
+                msg["product_ids"] = self.products
+            batch += events(session.handle(msg, start_ns), start_ns)
+        yield start_ns, batch
+        steps = 0
+        hb_every = max(1, int(round(1e9 / step_ns)))
+        while True:
+            steps += 1
+            ts = time.time_ns() if wall else start_ns + steps * step_ns
+            with self._lock:
+                resnap, self._resnap = self._resnap, []
+            frames = []
+            if resnap:
+                ps = sorted(set(resnap))
+                frames += session.handle({"type": "unsubscribe", "channel": "level2", "product_ids": ps}, ts)
+                frames += session.handle({"type": "subscribe", "channel": "level2", "product_ids": ps}, ts)
+            frames += session.on_step(self.market.step(sim_dt, ts))
+            if steps % hb_every == 0:
+                hb = session.heartbeat(steps // hb_every, ts, steps * step_ns / 1e9)
+                if hb is not None:
+                    frames.append(hb)
+            yield ts, events(frames, ts)
+
+    def _run(self):
+        from .feed import Disconnected
+        conf = self.conf
+        rate = conf.synthetic_rate_hz
+        dt = 1.0 / rate if rate > 0 else 0.1
+        sim_dt = dt * conf.synthetic_time_scale if rate > 0 else dt     # market seconds per step
+        start_wall = time.monotonic()
+        gen = self.batches(time.time_ns(), int(dt * 1e9), sim_dt, wall=rate > 0)
+        k = 0
         try:
-            self.emit([Connected(self.conn, True)])
-            for ch in conf.channels:
-                msg = {"type": "subscribe", "channel": ch}
-                if ch != "heartbeats":
-                    msg["product_ids"] = self.products
-                push(session.handle(msg, now()), wait=True)
-            steps = 0
-            next_hb = 1.0
             while not self._stop.is_set():
-                steps += 1
-                if rate > 0:
-                    due = start_wall + steps * dt
-                    delay = due - time.monotonic()
+                if rate > 0 and k:          # paced: wait first, so the step is stamped when it is taken
+                    delay = start_wall + k * dt - time.monotonic()
                     if delay > 0 and self._stop.wait(delay):
                         break
-                else:
-                    sim_clock += int(dt * 1e9)
-                with self._lock:
-                    resnap, self._resnap = self._resnap, []
-                frames = []
-                if resnap:
-                    ps = sorted(set(resnap))
-                    frames += session.handle({"type": "unsubscribe", "channel": "level2", "product_ids": ps}, now())
-                    frames += session.handle({"type": "subscribe", "channel": "level2", "product_ids": ps}, now())
-                frames += session.on_step(self.market.step(sim_dt, now()))
-                if steps * dt >= next_hb:
-                    next_hb += 1.0
-                    hb = session.heartbeat(int(steps * dt), now(), steps * dt)
-                    if hb is not None:
-                        frames.append(hb)
-                if not push(frames, wait=True):     # bounded batches in flight: memory stays flat
+                _ts, batch = next(gen)
+                k += 1
+                if not self.emit(batch, wait=True):     # bounded batches in flight: memory stays flat
                     break
         except Exception:  # noqa: BLE001 - a bug here must show, and the node must learn the feed is down
             self.log.exception("synthetic source failed")

@@ -94,6 +94,9 @@ class _HeartbeatCollector:
                                      "(no sample until it has received one)", labels=["node"])
         fams = {k: CounterMetricFamily("tickmesh_node_" + v[0][:-len("_total")], v[1], labels=["node"])
                 for k, v in _HB_COUNTERS.items()}
+        md = {k: CounterMetricFamily("tickmesh_" + k, help_, labels=["product"]) for k, help_ in (
+            ("ticks", "Ticks (md.tick.*) the market-data node published, from its heartbeat"),
+            ("trades", "Market trades (md.trade.*) the market-data node published, from its heartbeat"))}
         for node, (seen_ns, hb) in sorted(beats.items()):
             fresh = now - seen_ns <= timeout_ns
             up.add_metric([node], 1.0 if fresh and hb.state == "RUNNING" else 0.0)
@@ -104,6 +107,9 @@ class _HeartbeatCollector:
                     gaps.add_metric([node, k[len("bus_gaps."):]], float(v))
                 elif k in fams:
                     fams[k].add_metric([node], float(v))
+                elif node == "marketdata" and k.startswith(("ticks.", "trades.")):
+                    kind, _, product = k.partition(".")
+                    md[kind].add_metric([product], float(v))
             age_ms = hb.counters.get(RISK_STATE_AGE_KEY)
             if type(age_ms) in (int, float) and age_ms >= 0:
                 risk_age.add_metric([node], age_ms / 1000)
@@ -123,6 +129,7 @@ class _HeartbeatCollector:
         yield gaps
         yield risk_age
         yield from fams.values()
+        yield from md.values()
 
 
 class _NodeProcessCollector:
@@ -229,10 +236,8 @@ class MeshMetrics:
         self.equity = Gauge(p + "equity_quote", "Starting equity + realised + unrealised", registry=r)
         self.fees = Gauge(p + "fees_quote", "Fees paid", registry=r)
         # market data
-        self.ticks = Counter(p + "ticks", "Ticks (md.tick.*) the metrics node received", ["product"], registry=r)
-        self.trades = Counter(p + "trades", "Market trades (md.trade.*) the metrics node received", ["product"],
-                              registry=r)
-        self.last_price = Gauge(p + "last_price_quote", "Last tick price", ["product"], registry=r)
+        self.last_price = Gauge(p + "last_price_quote", "Last price (risk.band.<P>'s last tick)", ["product"],
+                                registry=r)
         self.feed_healthy = Gauge(p + "feed_healthy", "1 while the product's feed is healthy", ["product"],
                                   registry=r)
         self.feed_age = Gauge(p + "feed_last_message_age_seconds", "Age of the product's last feed message at its "
@@ -255,7 +260,7 @@ class MeshMetrics:
                                  "metric for, by type", ["type"], registry=r)
         r.register(_HeartbeatCollector(self))
         self._handlers = {
-            proto.Tick: self._tick, proto.Trade: self._trade, proto.FeedStatus: self._feed_status,
+            proto.FeedStatus: self._feed_status,
             proto.FeedGap: self._feed_gap, proto.FeedStale: self._feed_stale_ev,
             proto.Order: self._order, proto.Fill: self._fill, proto.Position: self._position,
             proto.PnL: self._pnl, proto.RiskDecision: self._decision, proto.RiskState: self._risk_state,
@@ -280,14 +285,6 @@ class MeshMetrics:
         return dict(self._handlers)
 
     # --- market data ----------------------------------------------------------------------------------
-    def _tick(self, env):
-        m = env.msg
-        self.ticks.labels(m.product).inc()
-        self.last_price.labels(m.product).set(_f(m.price))
-
-    def _trade(self, env):
-        self.trades.labels(env.msg.product).inc()
-
     def _feed_status(self, env):
         m = env.msg
         prev = self._feed_state.get(m.product)
@@ -392,6 +389,8 @@ class MeshMetrics:
 
     def _band(self, env):
         b = env.msg
+        if b.last > 0:
+            self.last_price.labels(b.product).set(_f(b.last))
         ready = b.band_high > 0 and b.band_low > 0      # risk sends zeros while the band is not ready
         for kind, v in (("low", b.band_low), ("mid", b.mid), ("high", b.band_high)):
             if ready:

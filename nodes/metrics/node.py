@@ -14,7 +14,9 @@ from proto import topics
 
 from .collect import MeshMetrics
 
-SUBSCRIPTIONS = (topics.MD_TICK, topics.MD_TRADE, topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE,
+# not md.tick / md.trade (the busiest topics): tick and trade counts come from the market-data
+# node's heartbeat, the last price from risk.band.<P>
+SUBSCRIPTIONS = (topics.MD_STATUS, topics.MD_GAP, topics.MD_STALE,
                  topics.RISK, topics.ORDER, topics.FILL, topics.POSITION, topics.PNL, topics.NODE,
                  topics.ALERT)
 
