@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DURATION ?= 10
+MARKET_HOURS ?= 24
 
 .PHONY: run test test-fast bench bench-quick fake up status down clean
 
@@ -17,9 +17,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-## run the whole mesh offline (one process, inproc, synthetic data) and print a summary
+## backtest the whole mesh offline (one thread, inproc, 24 market hours of synthetic data), a summary and report.html
 run: $(VENV)/.installed
-	$(PY) -m nodes.offline --duration $(DURATION)
+	$(PY) -m nodes.offline --market-hours $(MARKET_HOURS)
 
 ## the whole suite (unit, integration, e2e under supervisord); the long fuzz tier is `-m long`
 test: $(VENV)/.installed-test

@@ -23,6 +23,9 @@ barrier and no waiting. ``speed`` > 0 paces the source against the wall clock (1
 """
 import time
 
+import proto
+
+Node_decode = proto.decode                 # the runtime's default frame decoder
 QUIESCE_PASSES_MAX = 100_000      # a feedback loop between nodes would spin here: fail instead
 
 
@@ -51,6 +54,7 @@ class Engine:
         self.events = 0                    # source batches fed
         self.timers_fired = 0
         self.passes = 0
+        self.unrouted = 0                  # quiet checks that found something no hook routed
         self.started = []
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -60,13 +64,67 @@ class Engine:
         import zmq
         self._poller = zmq.Poller()
         self._readers = {}                 # socket -> (node index, socket index, drain function)
-        for n in self.nodes:
+        self._index = {n.instance: i for i, n in enumerate(self.nodes)}
+        self._sub_dirty = [False] * len(self.nodes)
+        self._rep_dirty = [False] * len(self.nodes)
+        self._dealers_dirty = False
+        self._routes = {}                  # (publisher index, topic) -> subscriber indices
+        cache = self._decoded = {}
+
+        def shared_decode(frame, _decode=proto.decode, _get=cache.get):
+            env = _get(frame)
+            if env is None:
+                env = cache[frame] = _decode(frame)
+            return env
+        for i, n in enumerate(self.nodes):
             n._socket_added = self._watch
+            if n.frame_decoder is Node_decode:
+                # every subscriber of an event gets the same frame: decode it once (envelopes and
+                # messages are immutable records; the cache is emptied after each quiesce)
+                n.frame_decoder = shared_decode
             n.start_driven(self.clock.mono, self.clock.wall)
             self.started.append(n)
             self._watch(n)
+            self._hook(i, n)
         self._settle()
         self.quiesce()
+        # what exists now lives for the whole run: keep the collector off it, and let it run
+        # less often (a backtest allocates millions of short-lived records, almost no cycles)
+        import gc
+        gc.collect()
+        gc.freeze()
+        self._gc_threshold = gc.get_threshold()
+        gc.set_threshold(50_000, 20, 100)
+
+    def _hook(self, i, n):
+        """Follow what ``n`` sends, so a quiesce drains exactly the sockets that received it: a
+        publish reaches the SUB sockets of the nodes subscribed to its topic, a request the
+        target's ROUTER, a reply the requesters' DEALERs. (inproc delivers before send returns.)"""
+        publish, request, send_reply = n.publish, n.request, n._send_reply
+        routes, sub_dirty, rep_dirty, nodes, index = self._routes, self._sub_dirty, self._rep_dirty, self.nodes, self._index
+
+        def routed_publish(topic, msg, ts_event=0, ts_recv=0):
+            publish(topic, msg, ts_event, ts_recv)
+            r = routes.get((i, topic))
+            if r is None:
+                r = routes[(i, topic)] = tuple(
+                    j for j, m in enumerate(nodes) if j != i and m.sub is not None
+                    and any(topic.startswith(p) for p in m.subscriptions))
+            for j in r:
+                sub_dirty[j] = True
+
+        def routed_request(node, msg, on_reply, on_timeout=None, timeout_s=None):
+            mid = request(node, msg, on_reply, on_timeout, timeout_s)
+            j = index.get(node)
+            if j is not None:
+                rep_dirty[j] = True
+            return mid
+
+        def routed_reply(head, msg_id, reply):
+            send_reply(head, msg_id, reply)
+            self._dealers_dirty = True
+
+        n.publish, n.request, n._send_reply = routed_publish, routed_request, routed_reply
 
     def _watch(self, n, sock=None):
         """Poll ``n``'s sockets (all of them, or one request socket it just opened)."""
@@ -101,25 +159,53 @@ class Engine:
                 n.stop_driven()
         self.started = []
         self.quiesce()
+        import gc
+        if getattr(self, "_gc_threshold", None):
+            gc.set_threshold(*self._gc_threshold)
+            gc.unfreeze()
 
     # --- the three steps ------------------------------------------------------------------------
     def quiesce(self) -> int:
-        """Until no socket of any node holds anything and no call is queued: each pass asks the
-        poller once (no wait) and drains what is readable, node by node in drive order."""
+        """Until no socket of any node holds anything and no call is queued. Each pass drains,
+        node by node in drive order, the sockets that something was sent to (``_hook``); when
+        none is left, one poll of every socket confirms the mesh is quiet (and drains anything a
+        hook did not see, counted in ``unrouted``)."""
         total = 0
-        poll, readers, nodes = self._poller.poll, self._readers, self.nodes
+        nodes, sub_dirty, rep_dirty = self.nodes, self._sub_dirty, self._rep_dirty
         for _ in range(QUIESCE_PASSES_MAX):
-            ready = poll(0)
-            calls = [n for n in nodes if n._calls]
-            if not ready and not calls:
+            work = 0
+            for i, n in enumerate(nodes):
+                if sub_dirty[i]:
+                    sub_dirty[i] = False
+                    if n.state == "RUNNING":
+                        k = n._drain_sub()
+                        if k >= 2000:
+                            sub_dirty[i] = True         # its budget ran out: more next pass
+                        work += k + 1
+                if rep_dirty[i]:
+                    rep_dirty[i] = False
+                    if n.state == "RUNNING":
+                        work += n._drain_rep() + 1
+                if n._calls:
+                    work += n.run_calls()
+            if self._dealers_dirty:
+                self._dealers_dirty = False
+                for n in nodes:
+                    if n.state == "RUNNING":
+                        for d in list(n._dealers.values()):
+                            work += n._drain_dealer(d)
+            if work:
+                total += work
+                self.passes += 1
+                continue
+            ready = self._poller.poll(0)
+            if not ready:
+                self._decoded.clear()
                 return total
-            self.passes += 1
-            work = sorted(readers[s] for s, _ in ready)          # drive order, then socket order
-            for i, _, fn in work:
+            self.unrouted += 1
+            for i, _, fn in sorted(self._readers[s] for s, _ in ready):   # drive order, then socket order
                 if nodes[i].state == "RUNNING":
                     total += fn()
-            for n in calls:
-                total += n.run_calls()
         raise EngineError(f"the mesh did not go quiet after {QUIESCE_PASSES_MAX} passes (a loop between nodes?)")
 
     def next_timer(self):
@@ -141,20 +227,14 @@ class Engine:
             due_ns = int(t[0] * 1e9)
             if due_ns > self.clock.ns:
                 self.clock.ns = due_ns
-            before = self._activity()
             t[3].fire_timer()
             self.timers_fired += 1
-            if self._activity() != before:      # it published, asked or queued something
+            if self._sent():                    # it published, asked or queued something
                 self.quiesce()
 
-    def _activity(self) -> int:
-        """What every node has sent so far (events, requests, replies) and queued (calls): a timer
-        that changed none of it left nothing to handle."""
-        n = 0
-        for node in self.nodes:
-            c = node.counters
-            n += c["published"] + c["out_requests"] + c["requests"] + len(node._calls)
-        return n
+    def _sent(self) -> bool:
+        return (any(self._sub_dirty) or any(self._rep_dirty) or self._dealers_dirty
+                or any(n._calls for n in self.nodes))
 
     def feed(self, node, ts_ns: int, batch):
         """One source batch at market time ``ts_ns``: timers due before it first."""

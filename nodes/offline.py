@@ -36,6 +36,7 @@ from .engine import Engine, EngineError, MarketClock
 from .runtime import Node, NodeStartError
 
 HOUR_NS = 3600 * 1_000_000_000
+STEP_NS = 1_000_000_000                      # one synthetic market step a second
 SYNTHETIC_START = "2026-01-05T00:00:00Z"     # a synthetic run's default market start (a Monday)
 
 
@@ -190,13 +191,13 @@ def parse_time(text: str, opt: str) -> int:
 # periodic positions/PnL are timed by the market clock, so at real-time cadence a 24-hour backtest
 # would spend most of its work on them. Trading decisions do not depend on these intervals.
 OFFLINE_CADENCE = {
-    "mesh": {"heartbeat_s": 10.0},
-    "marketdata": {"status_interval_s": 5.0, "book_publish_hz": 1.0},
-    "risk": {"publish_interval_s": 5.0, "state_max_age_ms": 20_000, "feed_status_timeout_s": 15.0,
-             "band_publish_min_interval_s": 5.0, "execution_heartbeat_timeout_s": 30.0},
-    "execution": {"pnl_interval_s": 5.0},
-    "alerts": {"node_timeout_s": 35.0},
-    "metrics": {"node_timeout_s": 35.0},
+    "mesh": {"heartbeat_s": 30.0},
+    "marketdata": {"status_interval_s": 10.0, "book_publish_hz": 1.0, "book_depth": 5},
+    "risk": {"publish_interval_s": 10.0, "state_max_age_ms": 40_000, "feed_status_timeout_s": 30.0,
+             "band_publish_min_interval_s": 10.0, "execution_heartbeat_timeout_s": 90.0},
+    "execution": {"pnl_interval_s": 10.0, "journal_fsync": False},    # a backtest needs no power-loss safety
+    "alerts": {"node_timeout_s": 95.0},
+    "metrics": {"node_timeout_s": 95.0},
 }
 
 
@@ -278,8 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--speed", default="max", help="max (as fast as the mesh goes, default), 1 (real time), or N")
     p.add_argument("--duration", type=float, default=None, help="wall-clock cap in seconds (default: none)")
-    p.add_argument("--trade-scale", type=float, default=0.25,
-                   help="synthetic: the model's trade rates times this (default 0.25: about a trade a second)")
+    p.add_argument("--trade-scale", type=float, default=0.1,
+                   help="synthetic: the model's trade rates times this (default 0.1: about a trade a second "
+                        "per product, more in turbulent regimes)")
     p.add_argument("--crash-at-h", type=float, default=16.0,
                    help="synthetic: a flash crash this many market hours in (default 16; < 0: none)")
     p.add_argument("--summary-json", metavar="PATH")
@@ -326,15 +328,18 @@ def main(argv=None) -> int:
             os.sched_setaffinity(0, old_cpus)
 
 
-def _window(args, cfg, md):
+def _synthetic_window(args):
+    start = args.start_ns if args.start_ns is not None else parse_time(SYNTHETIC_START, "start")
+    if args.end_ns is not None:
+        return start, args.end_ns
+    return start, start + int((args.market_hours if args.market_hours is not None else 24.0) * HOUR_NS)
+
+
+def _window(args, cfg, md, prefetch=None):
     """(start_ns, end_ns or None, the source's batches)."""
     if cfg.section("marketdata").source == "synthetic":
-        start = args.start_ns if args.start_ns is not None else parse_time(SYNTHETIC_START, "start")
-        if args.end_ns is not None:
-            end = args.end_ns
-        else:
-            end = start + int((args.market_hours if args.market_hours is not None else 24.0) * HOUR_NS)
-        return start, end, md.source.batches(start, 1_000_000_000, 1.0)
+        start, end = _synthetic_window(args)
+        return start, end, md.source.batches(start, STEP_NS, 1.0, frames=prefetch)
     first = _first_ts(md.source)
     start = args.start_ns if args.start_ns is not None else first
     end = args.end_ns
@@ -357,6 +362,15 @@ def _first_ts(source) -> int:
 def _run(args, cfg, cpus, why) -> int:
     _log.setup(args.log_level or "WARNING")   # progress lines say what it does; --log-level INFO for more
     log = _log.get("offline")
+    prefetch = src = None
+    mdc = cfg.section("marketdata")
+    if mdc.source == "synthetic":
+        # the market is simulated by a helper process on the other cpu, a chunk ahead (it forks:
+        # before any thread or socket of this process exists)
+        from .marketdata.synthetic import Prefetch, SyntheticSource
+        src = SyntheticSource(mdc, cfg.mesh.products, None, _log.get("marketdata"),
+                              specs=cfg.mesh.product_specs, raw=mdc.store_raw)
+        prefetch = Prefetch(src, _synthetic_window(args)[0], STEP_NS, 1.0)
     ctx = zmq.Context()
     stop_ev = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -374,8 +388,8 @@ def _run(args, cfg, cpus, why) -> int:
     span = None
     reason = "not started"
     try:
-        md.source = md._make_source()           # the source, pulled by the engine (no thread)
-        start, end, batches = _window(args, cfg, md)
+        md.source = src or md._make_source()    # the source, pulled by the engine (no thread)
+        start, end, batches = _window(args, cfg, md, prefetch)
         clock.ns = start
         engine.start()
         span = [start, start]
@@ -407,6 +421,8 @@ def _run(args, cfg, cpus, why) -> int:
         rc = 1
     finally:
         engine.stop()
+        if prefetch is not None:
+            prefetch.close()
         stored = 0
         if "store" in nodes and nodes["store"].writer is not None:
             stored = int(nodes["store"].writer.stored)

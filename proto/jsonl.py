@@ -108,15 +108,20 @@ def loads(line: str) -> Envelope:
         raise DecodeError(f"missing key {e}") from None
 
 
-def read(path, *, with_meta: bool = False) -> Iterator:
-    """Yield Envelopes from a store file (and bookkeeping dicts when ``with_meta``).
+def read(path, *, with_meta: bool = False, skip: tuple = ()) -> Iterator:
+    """Yield Envelopes from a store file (and bookkeeping dicts when ``with_meta``). ``skip``:
+    topic prefixes whose lines are passed over without being parsed (a reader that does not need
+    every book or trade of a long run).
 
     A torn last line (a crash mid-write) is skipped with a warning; a bad line elsewhere raises
     DecodeError naming the line number."""
     with open(path, "r", encoding="utf-8") as f:
         lines = f.readlines()
     n = len(lines)
+    skip = tuple('{"topic":"' + t for t in skip)
     for i, line in enumerate(lines, 1):
+        if skip and line.startswith(skip):
+            continue
         if not line.strip():
             continue
         torn = i == n and not line.endswith("\n")

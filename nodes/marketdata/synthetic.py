@@ -19,6 +19,7 @@ through exactly the parser and publishing path of live data.
 fast as the node takes it, on a simulated clock) and feeding the frames to a ``Normalizer``.
 """
 import math
+import os
 import random
 import threading
 import time
@@ -468,7 +469,7 @@ class SyntheticSource:
         self._thread = None
         self._resnap: list = []
         self._lock = threading.Lock()
-        self.frames = 0
+        self.frames_seen = 0
         self.conn = "synthetic#1"
 
     def start(self):
@@ -485,38 +486,26 @@ class SyntheticSource:
             self._resnap.extend(products)
 
     def info(self) -> dict:
-        return {"source": "synthetic", "seed": self.conf.seed, "steps": self.market.steps, "frames": self.frames}
+        return {"source": "synthetic", "seed": self.conf.seed, "steps": self.market.steps,
+                "frames": self.frames_seen}
 
-    def batches(self, start_ns: int, step_ns: int, sim_dt: float, wall: bool = False):
-        """Generator of ``(ts_ns, events)``: the connection and its subscriptions, then one market
-        step after another, each ``step_ns`` of market time apart (``sim_dt`` simulated seconds of
-        movement). ``wall``: stamp each step with the wall clock at the moment it is taken (a
-        paced live-like source) instead of ``start_ns + k * step_ns``."""
-        import json
-        from .feed import Connected, RawEv
+    def frames(self, start_ns: int, step_ns: int, sim_dt: float, wall: bool = False):
+        """Generator of ``(ts_ns, frames)``: the subscription answers, then one market step after
+        another, each ``step_ns`` of market time apart (``sim_dt`` simulated seconds of movement).
+        ``wall``: stamp each step with the wall clock at the moment it is taken (a paced live-like
+        source) instead of ``start_ns + k * step_ns``. Frames are Coinbase's JSON objects."""
         conf = self.conf
         session = Session(self.market, random.Random(conf.seed), ack_order="random")
-        norm = Normalizer(self.conn)
         if conf.synthetic_crash_at_h >= 0:
             self.market.schedule_crash(start_ns + int(conf.synthetic_crash_at_h * 3600e9),
                                        conf.synthetic_crash_minutes, conf.synthetic_crash_pct)
-
-        def events(frames, ts):
-            batch = []
-            for f in frames:
-                self.frames += 1
-                if self.raw:
-                    batch.append(RawEv(self.conn, f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))))
-                batch.extend(norm.feed(f, ts))
-            return batch
-
-        batch = [Connected(self.conn, True)]
+        frames = []
         for ch in conf.channels:
             msg = {"type": "subscribe", "channel": ch}
             if ch != "heartbeats":
                 msg["product_ids"] = self.products
-            batch += events(session.handle(msg, start_ns), start_ns)
-        yield start_ns, batch
+            frames += session.handle(msg, start_ns)
+        yield start_ns, frames
         steps = 0
         hb_every = max(1, int(round(1e9 / step_ns)))
         while True:
@@ -534,7 +523,24 @@ class SyntheticSource:
                 hb = session.heartbeat(steps // hb_every, ts, steps * step_ns / 1e9)
                 if hb is not None:
                     frames.append(hb)
-            yield ts, events(frames, ts)
+            yield ts, frames
+
+    def batches(self, start_ns: int, step_ns: int, sim_dt: float, wall: bool = False, frames=None):
+        """Generator of ``(ts_ns, events)``: ``frames()`` (or the ``frames`` iterable given, e.g.
+        a ``Prefetch``) through this connection's ``Normalizer``, after a ``Connected``."""
+        import json
+        from .feed import Connected, RawEv
+        norm = Normalizer(self.conn)
+        first = True
+        for ts, fs in (frames if frames is not None else self.frames(start_ns, step_ns, sim_dt, wall)):
+            batch = [Connected(self.conn, True)] if first else []
+            first = False
+            for f in fs:
+                self.frames_seen += 1
+                if self.raw:
+                    batch.append(RawEv(self.conn, f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))))
+                batch.extend(norm.feed(f, ts))
+            yield ts, batch
 
     def _run(self):
         from .feed import Disconnected
@@ -559,3 +565,76 @@ class SyntheticSource:
             self.log.exception("synthetic source failed")
         finally:
             self.emit([Disconnected(self.conn, "synthetic source stopped")])
+
+
+class Prefetch:
+    """``SyntheticSource.frames()`` run by a helper process a chunk ahead of its consumer, so the
+    market is simulated on the other cpu while the offline engine runs the mesh on this one.
+
+    Deterministic: the child makes chunk k+1 while the parent consumes chunk k, and a resnapshot
+    the node asks for while consuming chunk k is applied at the start of chunk k+2, whatever the
+    timing. Frames cross the pipe as plain JSON-like objects (pickled strings and numbers, no
+    Decimal), and are normalised in the parent as a live connection's would be. Start it before
+    the process makes threads or ZeroMQ sockets (it forks)."""
+
+    def __init__(self, source: SyntheticSource, start_ns: int, step_ns: int, sim_dt: float, chunk: int = 300):
+        import multiprocessing as mp
+        self.source = source
+        self.chunk = chunk
+        ctx = mp.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=self._child, args=(child, start_ns, step_ns, sim_dt), daemon=True,
+                                 name="md-synthetic-prefetch")
+        self._proc.start()
+        child.close()
+        self._conn.send([])                  # ask for chunk 0 ...
+        self._conn.send([])                  # ... and chunk 1
+
+    def _child(self, conn, start_ns, step_ns, sim_dt):
+        # off the cpus the parent runs on when the machine has others (the point is parallelism)
+        try:
+            mine = os.sched_getaffinity(0)
+            others = set(range(os.cpu_count() or 1)) - mine
+            if others:
+                os.sched_setaffinity(0, others)
+        except OSError:
+            pass
+        gen = self.source.frames(start_ns, step_ns, sim_dt)
+        src = self.source
+        try:
+            while True:
+                resnap = conn.recv()
+                if resnap is None:
+                    break
+                with src._lock:
+                    src._resnap.extend(resnap)
+                conn.send([next(gen) for _ in range(self.chunk)])
+        except (EOFError, BrokenPipeError, KeyboardInterrupt):
+            pass
+        finally:
+            conn.close()
+            os._exit(0)                      # no atexit, no finalizers of the parent's objects
+
+    def __iter__(self):
+        src = self.source
+        while True:
+            try:
+                chunk = self._conn.recv()
+            except EOFError:
+                raise RuntimeError("the synthetic market's helper process ended") from None
+            for item in chunk:
+                src.market.steps += 1
+                yield item
+            with src._lock:
+                resnap, src._resnap = src._resnap, []
+            self._conn.send(resnap)          # chunk k+2, with what consuming chunk k asked for
+
+    def close(self):
+        try:
+            self._conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self._conn.close()
+        self._proc.join(2)
+        if self._proc.is_alive():
+            self._proc.kill()

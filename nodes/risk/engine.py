@@ -95,7 +95,7 @@ class RiskEngine:
         try:
             self.statefile.save(d)
             self._peak_dirty = False
-            self._peak_saved_mono = self.clock()
+            self._peak_saved_mono = time.monotonic()
         except OSError as e:
             self.counters["state_write_errors"] += 1
             self.log.error("cannot write the state file %s: %s", self.statefile.path, e)
@@ -343,7 +343,9 @@ class RiskEngine:
                                  f"(timeout {self.conf.execution_heartbeat_timeout_s} s)")
         while self.rejects and self.rejects[0] <= now - REJECT_WINDOW_S:
             self.rejects.popleft()
-        if self._peak_dirty and now - self._peak_saved_mono >= 1.0:
+        # a new equity peak is saved at most once a second of real time (file I/O; nothing on
+        # the bus depends on it, so a market-time run writes no more often than a live one)
+        if self._peak_dirty and time.monotonic() - self._peak_saved_mono >= 1.0:
             self.persist()
         if now - self._last_periodic >= self.conf.publish_interval_s:
             self._last_periodic = now

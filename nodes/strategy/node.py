@@ -120,6 +120,9 @@ class StrategyNode(Node):
                 self.plugins.append(cls(alias, params, ctx))
             except ValueError as e:
                 raise ConfigError(f"strategy.params.{alias}: {e}") from None
+        if not any(type(p).on_trade is not Strategy.on_trade for p in self.plugins):
+            # no plugin looks at market trades (the busiest topic): do not receive them at all
+            self.subscriptions = tuple(t for t in self.subscriptions if t != "md.trade.")
         self.run_id = f"{conf.seed:x}" if conf.seed else os.urandom(4).hex()
         self._n = 0
         self.orders = OrderedDict()  # client_order_id -> (plugin, product), bounded

@@ -428,13 +428,30 @@ def _strategy_of_coid(coid: str) -> str:
     return head if sep and head else UNKNOWN
 
 
+def _has_ticks(files) -> bool:
+    """True if the files hold ticks (a byte scan of each file's first 4 MB)."""
+    for f in files:
+        with open(f, "rb") as fh:
+            if b'{"topic":"md.tick.' in fh.read(1 << 22):
+                return True
+    return False
+
+
 def _read(files, run):
-    """Envelopes with their report time, in store order (see the module's clock convention)."""
+    """Envelopes with their report time, in store order (see the module's clock convention).
+    Market trades, and books when there are ticks, are not read: ticks carry the clock and the
+    marks (a day of level2 books would take most of the time for nothing)."""
     clock = None
     pending = []
+    # what no figure or chart reads: risk's snapshots, execution's exposure, feed statuses, and
+    # order events other than NEW and REJECTED (fills and positions carry the rest)
+    skip = ("md.trade.", "md.status.", "risk.snapshot", "risk.exposure", "order.accepted",
+            "order.partially_filled", "order.filled", "order.cancelled")
+    if _has_ticks(files):
+        skip += ("md.book.",)
     for f in files:
         closed = False
-        for item in jsonl.read(f, with_meta=True):
+        for item in jsonl.read(f, with_meta=True, skip=skip):
             if type(item) is dict:
                 ty = item.get("type")
                 if ty == "_gap":
