@@ -96,6 +96,7 @@ class Node:
         self._seqs: dict = {}
         self._timers: list = []
         self._timer_ids = itertools.count()
+        self._delays: dict = {}         # timer id -> delay, for timers registered before the start
         self._calls: deque = deque()
         self._ready = threading.Event()
         self._stopping = False
@@ -134,11 +135,17 @@ class Node:
 
     def every(self, seconds: float, fn, first: float = None):
         """Run ``fn()`` in the loop thread every ``seconds`` (first after ``first`` seconds)."""
-        due = self.clock() + (seconds if first is None else first)
-        heapq.heappush(self._timers, (due, next(self._timer_ids), seconds, fn))
+        delay = seconds if first is None else first
+        tid = next(self._timer_ids)
+        if self.state == NodeState.STARTING:
+            self._delays[tid] = delay           # a driver may move it to its own clock at start
+        heapq.heappush(self._timers, (self.clock() + delay, tid, seconds, fn))
 
     def after(self, seconds: float, fn):
-        heapq.heappush(self._timers, (self.clock() + seconds, next(self._timer_ids), 0, fn))
+        tid = next(self._timer_ids)
+        if self.state == NodeState.STARTING:
+            self._delays[tid] = seconds
+        heapq.heappush(self._timers, (self.clock() + seconds, tid, 0, fn))
 
     def request(self, node: str, msg, on_reply, on_timeout=None, timeout_s: float = None) -> int:
         """Send ``msg`` to ``node``'s request socket without waiting (loop thread only).
@@ -350,11 +357,11 @@ class Node:
         ``clock``/``now_ns`` (market time). No loop thread is started."""
         if self._thread is not None:
             raise RuntimeError(f"{self.instance} already started")
-        mono = time.monotonic()
         self.clock, self.now_ns = clock, now_ns
         now = clock()
-        # timers registered in __init__ were due on the monotonic clock: move them to this one
-        self._timers = [(due - mono + now, tid, iv, fn) for due, tid, iv, fn in self._timers]
+        # timers registered before the start were due on the monotonic clock: move them to this
+        # one, each the delay it was given after now (not the wall time that passed meanwhile)
+        self._timers = [(now + self._delays.get(tid, 0.0), tid, iv, fn) for _due, tid, iv, fn in self._timers]
         heapq.heapify(self._timers)
         if self._own_ctx:
             self._ctx = zmq.Context()
@@ -748,7 +755,11 @@ class Node:
     # --- publishing -------------------------------------------------------------------------------
     def publish(self, topic: str, msg, ts_event: int = 0, ts_recv: int = 0):
         """Encode and publish (loop thread only). Never blocks: PUB drops at its high-water mark,
-        which subscribers see as a sequence gap."""
+        which subscribers see as a sequence gap. A time not given is the node's ``now_ns()``."""
+        if not (ts_event and ts_recv):
+            now = self.now_ns()
+            ts_event = ts_event or now
+            ts_recv = ts_recv or now
         self._send(self._encode(topic, msg, ts_event, ts_recv), zmq.NOBLOCK)
         self.counters["published"] += 1
 

@@ -71,6 +71,7 @@ class RiskNode(Node):
                      max(1, int(round(self.conf.bar_interval_s * 1e9))), self.conf.atr_period)
         self.warm_ms = (time.perf_counter() - t0) * 1e3
         self.log.info("kernels warm in %.2f ms", self.warm_ms)
+        self.engine.epoch_ns = self.now_ns()    # this process's epoch (market time when driven offline)
         self.engine.restore()
         if self.conf.history_file:
             self._warm_from_history(self.conf.history_file)
