@@ -13,11 +13,11 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodes.config import MeshConfig
+from nodes.registry import SUPERVISED as PROGRAMS  # noqa: F401  (supervisord's programs, in start order)
 from tests.conftest import ROOT, free_base_port, free_port
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
-PROGRAMS = ("marketdata", "risk", "execution", "store", "strategy", "metrics", "alerts")
 
 
 def wait(pred, timeout, what, interval=0.1):
