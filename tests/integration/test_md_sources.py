@@ -14,8 +14,7 @@ import proto
 from nodes import config
 from nodes.client import RequestClient
 from nodes.marketdata import MarketDataConfig, MarketDataNode
-from nodes.config import MeshConfig
-from nodes.runtime import Node, NodeStartError
+from nodes.runtime import NodeStartError
 from proto import Book, FeedStatus, Query, RawFrame, Tick, Trade, jsonl, topics
 from tests.conftest import Collector, make_mesh, wait_until
 
@@ -116,8 +115,7 @@ def test_replay_events_at_max_speed_then_reports_done(ctx, short_tmp):
     _write(path, recorded, ['{"type":"_open","ts":1}'])
     mesh = make_mesh("inproc", short_tmp, products=PRODUCTS)
     col = Collector(ctx, mesh, ["marketdata"], ["md."])
-    node = start(mesh, ctx, source="replay", replay_file=str(path), replay_speed="max", book_publish_hz=10.0,
-                 lockstep=False)
+    node = start(mesh, ctx, source="replay", replay_file=str(path), replay_speed="max", book_publish_hz=10.0)
     try:
         done = col.wait_for(lambda e: e.topic == "md.status.BTC-USD" and e.msg.reason == "replay finished")
         assert not done.msg.healthy and done.msg.state == "DISCONNECTED"
@@ -157,8 +155,7 @@ def test_replay_raw_frames_reproduces_the_live_events(ctx, short_tmp):
     ctx2 = zmq.Context()          # the same inproc names again: a context of its own
     m2 = make_mesh("inproc", short_tmp / "b", products=PRODUCTS)
     col2 = Collector(ctx2, m2, ["marketdata"], ["md.tick.", "md.book.", "md.trade.", "md.gap"])
-    node2 = start(m2, ctx2, source="replay", replay_file=str(path), replay_speed="max", book_publish_hz=0.0,
-                  lockstep=False)
+    node2 = start(m2, ctx2, source="replay", replay_file=str(path), replay_speed="max", book_publish_hz=0.0)
     try:
         wait_until(lambda: node2.extra_counters()["replay_done"] == 1, 10.0, what="replay done")
     finally:
@@ -184,7 +181,7 @@ def test_replay_paced_by_recorded_time(ctx, short_tmp):
     mesh = make_mesh("inproc", short_tmp, products=PRODUCTS)
     col = Collector(ctx, mesh, ["marketdata"], ["md.tick."])
     t = time.monotonic()
-    node = start(mesh, ctx, source="replay", replay_file=str(path), replay_speed="2", lockstep=False)
+    node = start(mesh, ctx, source="replay", replay_file=str(path), replay_speed="2")
     try:
         for _ in range(5):
             col.wait_for(lambda e: True)
@@ -203,7 +200,7 @@ def test_replay_problems(ctx, short_tmp):
     bad = short_tmp / "bad.jsonl"
     with open(bad, "w") as f:
         f.write(jsonl.dumps(tick) + "\n" + "{not json\n" + jsonl.dumps(tick) + "\n")
-    node = start(mesh, ctx, source="replay", replay_file=str(bad), replay_speed="max", lockstep=False)
+    node = start(mesh, ctx, source="replay", replay_file=str(bad), replay_speed="max")
     try:
         wait_until(lambda: node.extra_counters()["replay_done"] == 1, 5.0, what="replay done")
         r = node._q_replay("")
@@ -238,69 +235,3 @@ def test_slow_subscriber_never_blocks_the_publisher(ctx, short_tmp):
     # the slow subscriber holds at most its pipe (SNDHWM 500 + RCVHWM 10 on inproc): the publisher
     # dropped for it instead of waiting, while the fast one got 1500 more
     assert seqs and len(seqs) <= 600 < last.seq - first.seq
-
-
-class _Consumer(Node):
-    """A mesh node that takes its time over every tick (what a strategy does) and notes how far
-    the market-data node had got when it handled each one."""
-    name = "strategy"
-    subscriptions = ("md.tick.",)
-
-    def __init__(self, mesh, md, **kw):
-        super().__init__(mesh, **kw)
-        self.md = md
-        self.seen = []
-        self.on(Tick, self._tick)
-
-    def handle_request(self, env):
-        # Lockstep needs a node to answer a request only after the events published before it.
-        # The runtime can answer requests with such an event still queued on its SUB (zmq_poll may
-        # report the ROUTER alone, and one _drain_rep answers every request that keeps arriving):
-        # take the SUB's backlog before each request. (The change asked of nodes/runtime.py.)
-        if self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._drain_sub()
-        return super().handle_request(env)
-
-    def _tick(self, env):
-        deadline = time.perf_counter() + 0.002
-        while time.perf_counter() < deadline:       # work, not waiting
-            pass
-        self.seen.append((env.seq, self.md.fc["ticks"]))
-
-
-def test_lockstep_publishes_the_next_event_only_when_the_mesh_is_done(ctx, short_tmp):
-    t0 = 1772366400 * 10**9
-    recs = [_env("md.tick.BTC-USD", Tick("BTC-USD", Decimal(100 + i), Decimal(99 + i), Decimal(1), Decimal(101 + i),
-                                         Decimal(1), Decimal(1)), t0 + i, t0 + i, i + 1) for i in range(60)]
-    path = short_tmp / "ls.jsonl"
-    _write(path, recs)
-    mesh = make_mesh("inproc", short_tmp, products=PRODUCTS)
-    md = MarketDataNode(mesh, MarketDataConfig(source="replay", replay_file=str(path), replay_speed="max"),
-                        context=ctx)
-    assert md.lockstep                      # the default for a replay over inproc (offline mode)
-    consumer = _Consumer(mesh, md, context=ctx)
-    consumer.start()
-    md.start()
-    try:
-        wait_until(lambda: md.extra_counters()["replay_done"] == 1, 20.0, what="replay done")
-        # every tick was handled before the next one was published (the counter is bumped just
-        # after the send, so it may still read seq - 1; it never reads past seq)
-        assert [s for s, _ in consumer.seen] == list(range(1, 61))
-        assert all(published <= seq for seq, published in consumer.seen), consumer.seen
-        ls = md._q_feed("")["lockstep"]
-        assert ls["on"] and ls["waits"] >= 60 and ls["rounds"] >= 2 * ls["waits"]
-    finally:
-        md.stop()
-        consumer.stop()
-
-
-def test_lockstep_defaults():
-    inproc = MeshConfig(transport="inproc")
-    tcp = MeshConfig(transport="tcp")
-
-    def ls(mesh, **kw):
-        return MarketDataNode(mesh, MarketDataConfig(**kw)).lockstep
-    assert ls(inproc, source="replay", replay_file="x") and not ls(tcp, source="replay", replay_file="x")
-    assert not ls(inproc, source="synthetic") and ls(tcp, source="synthetic", lockstep=True)
-    assert not ls(inproc, source="coinbase", lockstep=True)           # a live feed never waits
-    assert not ls(inproc, source="replay", replay_file="x", lockstep=False)

@@ -17,9 +17,7 @@ def test_defaults_and_the_shipped_file():
     assert c.channels == ("heartbeats", "ticker", "market_trades", "level2") and not c.use_official_sdk
     table = tomllib.loads(config.DEFAULT_CONF.read_text())["marketdata"]
     assert config.build(MarketDataConfig, table, "marketdata") == c     # conf/mesh.toml shows the defaults
-    # every key is there (lockstep's default "not set" has no TOML spelling: it is shown commented out)
-    assert set(table) | {"lockstep"} == {f.name for f in dataclasses.fields(MarketDataConfig)}
-    assert "# lockstep = true" in config.DEFAULT_CONF.read_text()
+    assert set(table) == {f.name for f in dataclasses.fields(MarketDataConfig)}          # every key is there
     text = config.DEFAULT_CONF.read_text().split("[marketdata]", 1)[1].split("\n[", 1)[0]
     lines = text.strip().splitlines()
     for i, line in enumerate(lines):                                    # and commented
@@ -62,16 +60,6 @@ def test_environment_overrides(tmp_path):
     f.write_text('[marketdata]\nstale_timeout = 3\n')
     with pytest.raises(ConfigError, match="marketdata.stale_timeout: unknown key"):
         config.load(f, env={}, read_dotenv=False)
-
-
-def test_lockstep_from_toml_and_environment(tmp_path):
-    f = tmp_path / "mesh.toml"
-    f.write_text("[marketdata]\nlockstep = false\n")
-    assert config.load(f, env={}, read_dotenv=False).section("marketdata").lockstep is False
-    f.write_text("[marketdata]\n")
-    assert config.load(f, env={}, read_dotenv=False).section("marketdata").lockstep is None
-    env = {"TICKMESH_MARKETDATA__LOCKSTEP": "true"}
-    assert config.load(f, env=env, read_dotenv=False).section("marketdata").lockstep is True
 
 
 def test_offline_mode_replacements(tmp_path):
