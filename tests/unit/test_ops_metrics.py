@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import proto
 from nodes.config import ConfigError
+from nodes.metrics.node import MetricsNode
 from nodes.metrics.collect import MeshMetrics
 from nodes.metrics.config import MetricsConfig
 
@@ -35,14 +36,20 @@ def val(m, name, **labels):
 
 
 def test_market_data_counters(m):
-    for _ in range(3):
-        m.handle(env(proto.Tick("BTC-USD", D("65000.5"), D("65000"), D("1"), D("65001"), D("1"), D("10"))))
-    m.handle(env(proto.Trade("BTC-USD", "t1", D("65000"), D("0.1"), "BUY")))
+    """Ticks and trades are counted by the market-data node (its heartbeat), not received here:
+    the metrics node does not subscribe to the busiest topics. The last price is risk's band's."""
+    m.handle(env(proto.Heartbeat("marketdata", 7, "RUNNING", 1, 1.0,
+                                 {"ticks.BTC-USD": 3, "trades.BTC-USD": 1, "ticks.ETH-USD": 0}, "h"),
+                 source="marketdata"))
+    m.handle(env(proto.RiskBand("BTC-USD", D("65000.5"), D("65000.5"), 0.0, 0.0, 0.0, D(0), D(0), "stddev"),
+                 source="risk"))
     m.handle(env(proto.FeedGap("ws", 1, 5, ["BTC-USD", "ETH-USD"])))
     m.handle(env(proto.FeedStale("ws", 9.0, ["ETH-USD"])))
     assert val(m, "tickmesh_ticks_total", product="BTC-USD") == 3
+    assert val(m, "tickmesh_ticks_total", product="ETH-USD") == 0
     assert val(m, "tickmesh_last_price_quote", product="BTC-USD") == 65000.5
     assert val(m, "tickmesh_trades_total", product="BTC-USD") == 1
+    assert "md.tick." not in MetricsNode.subscriptions and "md.trade." not in MetricsNode.subscriptions
     assert val(m, "tickmesh_feed_gaps_total", product="ETH-USD") == 1
     assert val(m, "tickmesh_feed_stale_total", product="ETH-USD") == 1
 
@@ -246,9 +253,9 @@ def test_help_says_what_is_counted(m):
 
 def test_two_instances_coexist():
     a, b = MeshMetrics(CollectorRegistry()), MeshMetrics(CollectorRegistry())
-    a.handle(env(proto.Trade("BTC-USD", "1", D("1"), D("1"), "BUY")))
-    assert a.registry.get_sample_value("tickmesh_trades_total", {"product": "BTC-USD"}) == 1
-    assert b.registry.get_sample_value("tickmesh_trades_total", {"product": "BTC-USD"}) is None
+    a.handle(env(proto.FeedGap("ws", 1, 5, ["BTC-USD"])))
+    assert a.registry.get_sample_value("tickmesh_feed_gaps_total", {"product": "BTC-USD"}) == 1
+    assert b.registry.get_sample_value("tickmesh_feed_gaps_total", {"product": "BTC-USD"}) is None
 
 
 def test_config_validation():
