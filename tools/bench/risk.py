@@ -12,10 +12,11 @@
   reference (returns as 50-digit Decimal logarithms of the exact float prices, windows summed in
   60-digit Decimal) on a hard series: prices near 65,000 moving by cents, with a x10 jump and back.
 * decision_p50_us / decision_p99_us: compute time of one full pre-trade decision (every check runs
-  and passes), as the decision's own ``compute_ns`` reports it.
+  and passes) where it runs, in execution's ``PreTrade`` over a book with positions and the snapshot
+  a real ``RiskEngine`` published, as the decision's own ``compute_ns`` reports it.
 * first_decision_ms: a fresh process with a warm Numba cache: from ``RiskNode.start()`` to the
-  first decision answered over a real ipc request socket (median of 3 processes; imports excluded,
-  they are printed separately).
+  first decision on the state it serves: its ``RiskSnapshot`` fetched over a real ipc request
+  socket, then the checks (median of 3 processes; imports excluded, they are printed separately).
 """
 import argparse
 import json
@@ -162,14 +163,26 @@ def stddev_error(n):
 
 
 def decision_engine():
-    """A risk engine in a realistic state: two products with history, books, positions, PnL."""
-    from proto import Book, Envelope, FeedStatus, PnL, Position, Tick
+    """Execution's pre-trade gate in a realistic state: a risk engine with two products of history
+    publishing its snapshot into a PreTrade whose book holds positions, quotes with books."""
+    from proto import Book, Envelope, Fill, FeedStatus, PnL, Tick
     from nodes.config import MeshConfig
+    from nodes.execution.positions import PositionBook
+    from nodes.execution.pretrade import PreTrade
     from nodes.risk.config import RiskConfig
     from nodes.risk.engine import RiskEngine
     D = Decimal
     tmp = tempfile.mkdtemp(prefix="tm-bench-risk-")
-    e = RiskEngine(RiskConfig(min_history=50), MeshConfig(state_dir=tmp), emit=lambda t, m: None)
+    mesh = MeshConfig(state_dir=tmp)
+    book = PositionBook(D("100000"))
+    pt = PreTrade(mesh, book, {}, clock=time.monotonic, heartbeat_timeout_s=3.0)
+
+    def emit(topic, msg):
+        if topic == "risk.snapshot":
+            pt.view.apply(msg, time.monotonic())
+        elif topic.startswith("risk.band."):
+            pt.view.apply_band(msg)
+    e = RiskEngine(RiskConfig(min_history=50, band_publish_min_interval_s=0.0), mesh, emit=emit)
     e.restore()
 
     def env(m, ts=T0):
@@ -179,29 +192,32 @@ def decision_engine():
         px = D(mid)
         for i in range(400):
             px = (px + D(int(rng.integers(-3, 4)))).quantize(D("0.01"))
-            e.on_tick(env(Tick(prod, px, px - D("0.5"), D(1), px + D("0.5"), D(1), D(1000)), T0 + i * 10**8))
+            t = Tick(prod, px, px - D("0.5"), D(1), px + D("0.5"), D(1), D(1000))
+            e.on_tick(env(t, T0 + i * 10**8))
+            pt.quotes[prod].on_tick(t)
         e.on_status(env(FeedStatus(prod, True, "OK", "", 0.1)))
-        e.on_book(env(Book(prod, [[px - D("0.5") - D(k), D("0.7")] for k in range(10)],
-                           [[px + D("0.5") + D(k), D("0.7")] for k in range(10)])))
-        e.on_position(env(Position(prod, D("0.2"), px, D(0), D(0), D("0.2") * px, px, D(0))))
+        pt.quotes[prod].on_book(Book(prod, [[px - D("0.5") - D(k), D("0.7")] for k in range(10)],
+                                     [[px + D("0.5") + D(k), D("0.7")] for k in range(10)]))
+        book.apply_fill(Fill("b-" + prod, "b", prod, "BUY", px, D("0.2"), D(0), "TAKER", "paper"), T0)
     e.on_pnl(env(PnL(D(10), D(5), D(15), D(100015), D(1), "2026-11-28")))
-    return e
+    e.publish_snapshot(force=True)
+    return pt
 
 
 def bench_decision(n):
     from proto import Code, OrderIntent
-    e = decision_engine()
-    m = e.markets["BTC-USD"]
-    intent = OrderIntent("BTC-USD", "BUY", "LIMIT", size=Decimal("0.01"), limit_price=m.ask,
+    pt = decision_engine()
+    q = pt.quotes["BTC-USD"]
+    intent = OrderIntent("BTC-USD", "BUY", "LIMIT", size=Decimal("0.01"), limit_price=q.ask,
                          client_order_id="bench")
     ns = []
     for _ in range(n):
-        d = e.decide(intent)
+        d, _size = pt.decide(intent)
         if d.code != Code.OK:
             raise RuntimeError(f"the benchmark decision was denied: {d.code} {d.reason}")
         ns.append(d.compute_ns)
-        e.approvals.clear()                        # keep the throttle out of the way (the same
-        #                                            client_order_id replaces its own pending entry)
+        pt.approvals.clear()                       # keep the throttle out of the way (the order is
+        #                                            not added to the working book: each is the same)
     ns = ns[n // 10:]                              # the first 10% warm the caches
     ns.sort()
     return ns[len(ns) // 2] / 1e3, ns[int(len(ns) * 0.99)] / 1e3
@@ -210,14 +226,16 @@ def bench_decision(n):
 # --- first decision in a fresh process --------------------------------------------------------------
 
 def _child(state_dir):
-    """Runs in a fresh process: import, start a risk node on ipc, answer one check."""
+    """Runs in a fresh process: import, start a risk node on ipc, fetch its snapshot, decide."""
     t_import = time.perf_counter()
     import threading
     from decimal import Decimal as D
     import proto
-    from proto import Envelope, FeedStatus, OrderIntent, Tick
+    from proto import Envelope, FeedStatus, OrderIntent, Query, Tick
     from nodes.client import RequestClient
     from nodes.config import MeshConfig
+    from nodes.execution.positions import PositionBook
+    from nodes.execution.pretrade import PreTrade
     from nodes.risk import RiskNode
     from nodes.risk.config import RiskConfig
     import_ms = (time.perf_counter() - t_import) * 1e3
@@ -226,24 +244,31 @@ def _child(state_dir):
     t0 = time.perf_counter()
     node.start()
     fed = threading.Event()
+    ticks = []
 
     def feed():
         now = time.time_ns()
         for i, px in enumerate((D("65000.00"), D("65001.00"), D("65000.50"))):
-            node.dispatch(Envelope("md.tick.BTC-USD", 0, "marketdata", i + 1, now, now,
-                                   Tick("BTC-USD", px, px - 1, D(1), px + 1, D(1), D(10))))
+            t = Tick("BTC-USD", px, px - 1, D(1), px + 1, D(1), D(10))
+            ticks.append(t)
+            node.dispatch(Envelope("md.tick.BTC-USD", 0, "marketdata", i + 1, now, now, t))
         node.dispatch(Envelope("md.status.BTC-USD", 0, "marketdata", 1, now, now,
                                FeedStatus("BTC-USD", True, "OK", "", 0.0)))
         fed.set()
     node.call_soon(feed)
     fed.wait(5)
     client = RequestClient.for_node(mesh, "risk", source="bench", timeout_ms=5000)
-    r = client.request(OrderIntent("BTC-USD", "BUY", "LIMIT", size=D("0.01"), limit_price=D("65001.50")))
+    snap = client.call(Query("snapshot"))
+    pt = PreTrade(mesh, PositionBook(), {}, clock=time.monotonic, heartbeat_timeout_s=3.0)
+    pt.view.apply(snap, time.monotonic())
+    for t in ticks:
+        pt.quotes["BTC-USD"].on_tick(t)
+    d, _ = pt.decide(OrderIntent("BTC-USD", "BUY", "LIMIT", size=D("0.01"), limit_price=D("65001.50")))
     t1 = time.perf_counter()
     client.close()
     node.stop()
     print(json.dumps({"first_decision_ms": (t1 - t0) * 1e3, "import_ms": import_ms, "warm_ms": node.warm_ms,
-                      "code": r.code, "proto": proto.MAJOR}))
+                      "code": d.code, "proto": proto.MAJOR}))
 
 
 def first_decision(runs=3):
