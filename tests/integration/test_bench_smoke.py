@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 
 SECTION_KEYS = {
     "tick_to_trade": None,      # per transport, below
-    "replay": {"ticks_per_s", "raw_per_s", "ratio", "cpus", "fanout_raw_per_s", "fanout_ceiling"},
+    "replay": {"ticks_per_s", "raw_per_s", "ratio", "cpus", "fanout_raw_per_s", "fanout_ceiling", "direct_per_s",
+               "bus_share"},
     "store": {"events_per_s", "plain_per_s", "ratio", "dropped", "kept_up", "plain_python_per_s",
               "ratio_vs_python_plain"},
     "startup": {"warm_s", "cold_s"},
