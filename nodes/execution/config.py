@@ -16,6 +16,7 @@ class ExecutionConfig:
     journal_compact_records: int = 200_000   # at start, rewrite a journal longer than this (0: never)
     journal_keep_days: int = 7               # compaction keeps finished orders this recent
     pnl_interval_s: float = 1.0              # Position / PnL publication period
+    orders_in_memory: int = 10_000           # finished orders kept in memory (older: in the journal)
     starting_equity: Decimal = Decimal("100000")
     # paper venue
     paper_seed: int = 0
@@ -52,6 +53,8 @@ class ExecutionConfig:
                 raise ConfigError(f"execution.{key}: must be > 0")
         if self.journal_compact_records < 0 or self.journal_keep_days < 0:
             raise ConfigError("execution.journal_compact_records / journal_keep_days: must be >= 0")
+        if self.orders_in_memory < 1:
+            raise ConfigError(f"execution.orders_in_memory: must be >= 1, got {self.orders_in_memory}")
         if self.max_retries < 0:
             raise ConfigError("execution.max_retries: must be >= 0")
         if "://" in self.rest_base_url or "/" in self.rest_base_url or not self.rest_base_url:

@@ -37,6 +37,7 @@ from .orders import (Accepted, Cancelled, Completed, Filled, OrderState, Rejecte
 from .paper import PaperVenue
 from .positions import PositionBook, mid
 from .pretrade import BadSnapshot, PreTrade
+from .recent import DigestSet, Finished
 
 __all__ = ["ExecutionNode", "ExecutionConfig"]
 
@@ -58,9 +59,11 @@ class ExecutionNode(Node):
         c = self.conf
         check_live(c, self.secrets)          # raises LiveTradingRefused (a ConfigError) saying why
         self.journal = Journal(self.journal_path(), fsync=c.journal_fsync)
-        self.orders: dict = {}               # coid -> OrderState
-        self.by_venue_id: dict = {}          # venue order id -> coid
-        self.fill_ids: set = set()
+        self.orders: dict = {}               # coid -> OrderState: working + the latest finished ones
+        self.by_venue_id: dict = {}          # venue order id -> coid (orders held in memory)
+        self.fill_ids = DigestSet()          # every fill booked (8 bytes each)
+        self.known = DigestSet()             # every client order id ever placed here (8 bytes each)
+        self.finished = Finished(c.orders_in_memory)
         self.book = PositionBook(c.starting_equity)
         self.working: dict = {}              # coid -> OrderState, working orders only
         self.strategy_pos: dict = {}         # strategy -> {product: signed qty}, from fills
@@ -79,7 +82,7 @@ class ExecutionNode(Node):
         self._cancel_why: dict = {}          # coid -> (code, reason) of a requested cancel
         self._jitter = random.Random(c.paper_seed)
         self.c = dict.fromkeys(("submits", "accepted", "rejected", "risk_denied", "risk_unavailable",
-                                "risk_snapshots", "risk_snapshots_bad", "flatten_orders",
+                                "risk_snapshots", "risk_snapshots_bad", "flatten_orders", "journal_lookups",
                                 "fills", "cancelled", "duplicates", "invalid",
                                 "venue_unknown_events", "foreign_updates", "late_fills"), 0)
         self.on(Tick, self._on_tick)
@@ -115,6 +118,7 @@ class ExecutionNode(Node):
         rb = rebuild(records)
         self.orders = rb.orders
         for o in self.orders.values():
+            self.known.add(o.client_order_id)
             if o.venue_order_id:
                 self.by_venue_id[o.venue_order_id] = o.client_order_id
             if o.working:
@@ -135,6 +139,9 @@ class ExecutionNode(Node):
         working = [o for o in self.orders.values() if o.working]
         self.log.info("journal %s: %d records, %d orders (%d working), %d fills", self.journal.path,
                       len(records), len(self.orders), len(working), len(rb.fills))
+        for o in list(self.orders.values()):    # finished ones beyond the limit leave memory
+            if not o.working:
+                self._forget(self.finished.add(o.client_order_id))
         # ask risk for its state at once instead of waiting for the next periodic snapshot; the
         # reply arrives in this loop like any event (nothing waits for it)
         self.request("risk", Query("snapshot"), self._on_snapshot_reply, lambda why: None)
@@ -188,6 +195,8 @@ class ExecutionNode(Node):
     def extra_counters(self) -> dict:
         out = {f"exec.{k}": v for k, v in self.c.items()}
         out["exec.working_orders"] = len(self.working)
+        out["exec.orders_in_memory"] = len(self.orders)
+        out["exec.known_orders"] = len(self.known)
         out["exec.ready"] = int(not self.pretrade.ready())
         age = self.pretrade.view.age_ms(self.clock())
         if age is not None:
@@ -372,6 +381,8 @@ class ExecutionNode(Node):
         if coid != intent.client_order_id:
             intent = intent._replace(client_order_id=coid)
         o = self.orders.get(coid)
+        if o is None and coid in self.known:
+            o = self._from_journal(coid)        # an old, finished order that left memory
         if o is not None:
             self.c["duplicates"] += 1
             if not same_intent(o, intent):
@@ -383,6 +394,7 @@ class ExecutionNode(Node):
         self.c["submits"] += 1
         o = OrderState.from_intent(intent, self.conf.venue, now)
         self.orders[coid] = o
+        self.known.add(coid)
         self.journal.order(o, now)                       # the intent, before anything else
         self._emit(topics.ORDER_NEW, o.to_proto(), now)
         bad = validate_intent(intent, self.mesh.spec(intent.product)) or self._reduce_only_violation(intent)
@@ -498,6 +510,31 @@ class ExecutionNode(Node):
             return Reply(False, Code.UNKNOWN_ORDER, f"no order {arg!r}")
         return o.to_proto()
 
+    def _finish(self, o):
+        """A terminal order: out of the working book; the oldest finished orders beyond
+        ``orders_in_memory`` leave memory (journaled already; ``known`` still has their ids)."""
+        self.working.pop(o.client_order_id, None)
+        self._forget(self.finished.add(o.client_order_id))
+
+    def _forget(self, coids):
+        for coid in coids:
+            o = self.orders.pop(coid, None)
+            if o is not None and o.venue_order_id:
+                self.by_venue_id.pop(o.venue_order_id, None)
+            self._cancel_why.pop(coid, None)
+
+    def _from_journal(self, coid):
+        """The journal's last record of ``coid`` (a finished order no longer in memory), or None."""
+        from .journal import read_records
+        self.journal.sync()
+        last = None
+        for rec in read_records(self.journal.path):
+            o = rec.get("o")
+            if rec.get("k") in ("order", "fill") and o and o.get("client_order_id") == coid:
+                last = o
+        self.c["journal_lookups"] += 1
+        return OrderState.from_plain(last) if last is not None else None
+
     def _strategy_fill(self, strategy, f):
         pos = self.strategy_pos.setdefault(strategy or "", {})
         pos[f.product] = pos.get(f.product, ZERO_D) + (f.size if f.side == "BUY" else -f.size)
@@ -610,7 +647,7 @@ class ExecutionNode(Node):
             dst = O.FILLED if ev.done or (o.size is not None and o.filled_size >= o.size) else O.PARTIALLY_FILLED
             order = o.transition(dst, ts)
             if dst == O.FILLED:
-                self.working.pop(o.client_order_id, None)
+                self._finish(o)
         else:   # the venue executed after we saw the order end: money is money, book it anyway
             self.c["late_fills"] += 1
             self.log.error("fill %s for %s order %s booked without a state change", ev.fill_id, o.status,
@@ -635,7 +672,7 @@ class ExecutionNode(Node):
     def _transition(self, o, dst, ts, code=None, reason=None):
         order = o.transition(dst, ts, code, reason)
         if dst in O.TERMINAL:
-            self.working.pop(o.client_order_id, None)
+            self._finish(o)
         self.journal.order(o, ts)
         self._emit(topics.ORDER_STATUS_TOPIC[dst], order, ts)
 

@@ -256,3 +256,20 @@ def test_simulated_latency_uses_timers(rig_factory):
     assert c.ok and c.reason == "cancel requested" and c.data.status == "NEW"
     ev = rig.events_for("lat-2", topics.ORDER_CANCELLED)
     assert [e.topic for e in ev] == ["order.new", "risk.decision", "order.accepted", "order.cancelled"]
+
+
+def test_finished_orders_leave_memory_and_stay_idempotent(rig_factory):
+    rig = rig_factory(orders_in_memory=3)
+    first = rig.submit(size=D("0.01"), client_order_id="mem-0")
+    assert first.data.status == "FILLED"
+    for i in range(1, 10):
+        assert rig.submit(side="BUY" if i % 2 else "SELL", size=D("0.01"), client_order_id=f"mem-{i}").ok
+    n = rig.node
+    assert len(n.orders) == 3 and set(n.orders) == {"mem-7", "mem-8", "mem-9"}     # held: the last 3
+    assert len(n.known) == 10 and len(n.fill_ids) == 10
+    again = rig.submit(size=D("0.01"), client_order_id="mem-0")    # left memory: answered from the journal
+    assert again.ok and again.code == Code.DUPLICATE and again.data == first.data, again
+    assert n.c["journal_lookups"] == 1 and n.venue.submitted == 10
+    assert rig.submit(size=D("0.02"), client_order_id="mem-0").reason.endswith("used by a different order")
+    assert rig.client.request(Query("order", "mem-0")).code == Code.UNKNOWN_ORDER     # not held any more
+    assert rig.client.call(Query("order", "mem-9")).status == "FILLED"

@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-SECTIONS = ("bus", "risk", "tick_to_trade", "replay", "store", "startup")
+SECTIONS = ("bus", "risk", "tick_to_trade", "replay", "store", "startup", "memory")
 
 
 def machine() -> dict:
