@@ -71,6 +71,7 @@ def run(quick: bool = False) -> dict:
         print(f"memory: {n:,} paper market orders through ExecutionNode's submit path, journal in {tmp}",
               flush=True)
         gc.collect()
+        gc.freeze()                     # as a node does once started (nodes.runtime.run_main)
         gc.callbacks.append(on_gc)
         rss10 = None
         t0 = time.perf_counter()
@@ -94,6 +95,7 @@ def run(quick: bool = False) -> dict:
         if on_gc in gc.callbacks:
             gc.callbacks.remove(on_gc)
         node.stop_driven()
+        gc.unfreeze()
         ctx.term()
         common.rmtree(tmp)
     pauses.sort()
