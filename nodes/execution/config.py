@@ -16,7 +16,7 @@ class ExecutionConfig:
     journal_compact_records: int = 200_000   # at start, rewrite a journal longer than this (0: never)
     journal_keep_days: int = 7               # compaction keeps finished orders this recent
     pnl_interval_s: float = 1.0              # Position / PnL publication period
-    orders_in_memory: int = 10_000           # finished orders kept in memory (older: in the journal)
+    orders_in_memory: int = 2_000            # finished orders kept in memory (older: in the journal)
     starting_equity: Decimal = Decimal("100000")
     # paper venue
     paper_seed: int = 0

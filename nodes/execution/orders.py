@@ -99,7 +99,7 @@ def _s(v):
     return None if v is None else str(v)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class OrderState:
     """Mutable working state of one order (the node's single source of truth, journaled whole)."""
     client_order_id: str
