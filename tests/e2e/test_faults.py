@@ -282,14 +282,35 @@ def test_faults_under_supervisord(record_property):
         # --- 2. kill -9 every node in turn ------------------------------------------------------------
         blackouts = []                          # (start_ns, end_ns) when the store was not listening
         killed = {}                             # program -> (pid, kill time)
+        # a normal start refuses nothing for want of risk's state: strategy and execution waited
+        # until they were ready (risk state, market data)
+        assert not bus.select(lambda e: e.topic == "order.rejected" and e.msg.code == Code.RISK_UNAVAILABLE), \
+            "orders refused RISK_UNAVAILABLE before any fault"
         for prog in PROGRAMS:
             st, old = mesh.status()[prog]
             assert st == "RUNNING" and old, (prog, st)
             m = bus.mark()
             t_kill = time.time_ns()
+            if prog == "strategy":
+                # killed while it holds a position, it must come back with it (restored from
+                # execution), not flat
+                def holding():
+                    held = mesh.request("execution", Query("positions", "strategies")).data["strategies"].get("sma", {})
+                    return held if any(held.values()) else None
+                held_before = wait(holding, 30, "the strategy holding a position")
+                t_kill = time.time_ns()
             os.kill(old, signal.SIGKILL)
             hb = bus.heartbeat(prog, m, lambda h: h.pid != old and h.state == "RUNNING", timeout=20,
                                what=f"{prog} restarted by supervisord")
+            if prog == "strategy":
+                def restored():
+                    q = mesh.request("strategy", Query("strategy")).data
+                    held = mesh.request("execution", Query("positions", "strategies")).data["strategies"].get("sma", {})
+                    return q if q["counters"]["ready"] and q["positions"]["sma"] == {p: v for p, v in held.items()} \
+                        else None
+                q = wait(restored, 15, "the restarted strategy holding execution's view of its positions")
+                checks["strategy_restored"] = {p: str(v) for p, v in q["positions"]["sma"].items()}
+                checks["strategy_held_before_kill"] = {p: str(v) for p, v in held_before.items()}
             killed[prog] = (old, t_kill, time.time_ns())
             if prog == "store":
                 blackouts.append((t_kill, time.time_ns()))

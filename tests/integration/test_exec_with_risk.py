@@ -182,3 +182,19 @@ def test_risk_killed_then_restarted_with_the_switch_engaged(short_tmp, ctx):
         assert m.order("BUY", "0.01", "k-after").data.status == "FILLED"
     finally:
         m.close()
+
+
+def test_in_reducing_a_position_exits_fully(short_tmp, ctx):
+    m = Mesh(short_tmp, ctx, RiskConfig(max_slippage_bps=D("500")))
+    try:
+        assert m.order("BUY", "0.2", "r1").data.status == "FILLED"
+        assert m.rc.request(KillSwitchCmd("reduce", "reducing test")).ok
+        wait_until(lambda: m.node.pretrade.view.state == "REDUCING", 5, what="REDUCING reaching execution")
+        m.feed()
+        assert m.order("BUY", "0.01", "r2").code == Code.REDUCE_ONLY            # growing: refused
+        r = m.order("SELL", "0.2", "r3", reduce_only=True)                        # the whole position
+        assert r.ok and r.data.status == "FILLED", r
+        assert m.qty() == 0
+        assert m.order("SELL", "0.01", "r4").code == Code.REDUCE_ONLY            # and not beyond flat
+    finally:
+        m.close()
