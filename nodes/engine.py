@@ -125,9 +125,7 @@ class Engine:
                 seq = seqs[topic] = seqs.get(topic, 0) + 1
                 r = routes.get((i, topic))
                 if r is None:
-                    r = routes[(i, topic)] = tuple(
-                        j for j, m in enumerate(nodes) if j != i and m.sub is not None
-                        and any(topic.startswith(p) for p in m.subscriptions))
+                    r = self._route(i, topic)
                 env = Envelope(topic, 0, n.instance, seq, ts_event, ts_recv, msg)
                 for j in r:
                     if nodes[j].frame_decoder is decode_for_store:     # the store keeps a line
@@ -143,14 +141,19 @@ class Engine:
             publish(topic, msg, ts_event, ts_recv)
             r = routes.get((i, topic))
             if r is None:
-                r = routes[(i, topic)] = tuple(
-                    j for j, m in enumerate(nodes) if j != i and m.sub is not None
-                    and any(topic.startswith(p) for p in m.subscriptions))
+                r = self._route(i, topic)
             for j in r:
                 sub_dirty[j] = True
 
         n.publish, n.request, n._send_reply = routed_publish, self._routed_request(n, request), \
             self._routed_reply(send_reply)
+
+    def _route(self, i, topic) -> tuple:
+        """The nodes (indices) whose SUB sockets take ``topic`` from node ``i`` (cached)."""
+        r = self._routes[(i, topic)] = tuple(
+            j for j, m in enumerate(self.nodes) if j != i and m.sub is not None
+            and any(topic.startswith(p) for p in m.subscriptions))
+        return r
 
     def _routed_request(self, n, request):
         index, rep_dirty = self._index, self._rep_dirty
