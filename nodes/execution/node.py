@@ -61,7 +61,8 @@ class ExecutionNode(Node):
         self.journal = Journal(self.journal_path(), fsync=c.journal_fsync)
         self.orders: dict = {}               # coid -> OrderState: working + the latest finished ones
         self.by_venue_id: dict = {}          # venue order id -> coid (orders held in memory)
-        self.fill_ids = DigestSet()          # every fill booked (8 bytes each)
+        self.fill_ids: set = set()           # the fills booked for the orders held in memory
+        self._fills_of: dict = {}            # coid -> its fill ids (leave memory with the order)
         self.known = DigestSet()             # every client order id ever placed here (8 bytes each)
         self.finished = Finished(c.orders_in_memory)
         self.book = PositionBook(c.starting_equity)
@@ -126,7 +127,7 @@ class ExecutionNode(Node):
         if rb.book is not None:
             self.book.restore(rb.book)
         for f, ts in rb.fills:
-            self.fill_ids.add(f.fill_id)
+            self._book_fill_id(f.client_order_id, f.fill_id)
             self.book.apply_fill(f, ts)
             o = self.orders.get(f.client_order_id)
             if o is not None:
@@ -516,12 +517,20 @@ class ExecutionNode(Node):
         self.working.pop(o.client_order_id, None)
         self._forget(self.finished.add(o.client_order_id))
 
+    def _book_fill_id(self, coid, fill_id):
+        self.fill_ids.add(fill_id)
+        self._fills_of.setdefault(coid, []).append(fill_id)
+
     def _forget(self, coids):
+        """Finished orders leave memory with their fill ids: a venue event for one of them later is
+        an event for an unknown order (counted, logged), never a second booking."""
         for coid in coids:
             o = self.orders.pop(coid, None)
             if o is not None and o.venue_order_id:
                 self.by_venue_id.pop(o.venue_order_id, None)
             self._cancel_why.pop(coid, None)
+            for fid in self._fills_of.pop(coid, ()):
+                self.fill_ids.discard(fid)
 
     def _from_journal(self, coid):
         """The journal's last record of ``coid`` (a finished order no longer in memory), or None."""
@@ -638,7 +647,7 @@ class ExecutionNode(Node):
         if ev.fill_id in self.fill_ids:
             return False
         accepted = self._accept(o, "", ev.ts)
-        self.fill_ids.add(ev.fill_id)
+        self._book_fill_id(o.client_order_id, ev.fill_id)
         ts = ev.ts or self.now_ns()
         o.apply_fill(ev.price, ev.size, ev.fee)
         fill = Fill(ev.fill_id, o.client_order_id, o.product, o.side, ev.price, ev.size, ev.fee,
