@@ -1,5 +1,7 @@
-"""Offline mode, the backtest engine: every node of the mesh in one process, driven by one thread on
-the market clock (``nodes.engine``), over ZeroMQ ``inproc``.
+"""Offline mode, the backtest engine: every node driven by one thread on the market clock.
+
+Every node of the mesh runs in one process over ZeroMQ ``inproc``, driven by one thread on the
+market clock (``nodes.engine``).
 
     python -m nodes.offline [--source synthetic|replay:PATH] [--market-hours H | --start T --end T]
                             [--seed N] [--speed max|1|N] [--duration S] [--summary-json PATH]
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
                    help="how much market to cover (synthetic default 24; a replay: from its start)")
     p.add_argument("--start", help="market start, UTC (replay: skip what is before; synthetic: its clock)")
     p.add_argument("--end", help="market end, UTC (replay: stop there)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7,
+                   help="the synthetic market's, the strategies' and the paper venue's seed (default 7)")
     p.add_argument("--speed", default="max", help="max (as fast as the mesh goes, default), 1 (real time), or N")
     p.add_argument("--duration", type=float, default=None, help="wall-clock cap in seconds (default: none)")
     p.add_argument("--trade-scale", type=float, default=0.1,
