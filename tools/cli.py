@@ -20,7 +20,7 @@ from pathlib import Path
 # One line per command in `tickmesh --help`; a command not listed here shows its docstring's first line.
 DESCRIPTIONS = {
     "node": "run one node in the foreground (== python -m nodes.NAME)",
-    "offline": "backtest the whole mesh on the market clock (synthetic or replay)",
+    "offline": "backtest the whole mesh on the market clock",
     "config": "check the config file, environment overrides and secrets",
     "ctl": "operate a running mesh: status, kill switch, orders, PnL",
     "tap": "watch the bus live, passively (filters, JSON, --stats, --record)",
