@@ -198,7 +198,11 @@ class ExecutionNode(Node):
         out["exec.working_orders"] = len(self.working)
         out["exec.orders_in_memory"] = len(self.orders)
         out["exec.known_orders"] = len(self.known)
-        out["exec.ready"] = int(not self.pretrade.ready())
+        out["exec.ready"] = int(not self.pretrade.ready())         # every product
+        ready = self.ready_products()
+        out["exec.risk_ok"] = int(not self.pretrade.view.unavailable(self.clock()))
+        for p in self.mesh.products:
+            out[f"exec.ready.{p}"] = int(p in ready)
         age = self.pretrade.view.age_ms(self.clock())
         if age is not None:
             out["risk_state_age_ms"] = age
@@ -328,17 +332,27 @@ class ExecutionNode(Node):
         if v.snap is not None and v.snap.state == "HALTED" and v.snap.flatten_on_halt:
             self._flatten(retry=True)
 
+    def ready_products(self) -> list:
+        """The products orders can pass in now: a fresh risk state and market data for each."""
+        if self.pretrade.view.unavailable(self.clock()):
+            return []
+        return [p for p, q in self.pretrade.quotes.items() if q.mid is not None]
+
     def _check_ready(self):
-        why = self.pretrade.ready()
-        if why != self._ready_why:
+        why = self.pretrade.view.unavailable(self.clock())
+        ready = tuple(self.ready_products())
+        if (why, ready) != self._ready_why:
             if why:
-                self.log.warning("not ready: %s", why) if self._ready_why == "" else self.log.info("not ready yet: %s", why)
+                (self.log.warning if self._ready_why and not self._ready_why[0] else self.log.info)(
+                    "not ready: %s", why)
             else:
-                self.log.info("ready: risk state v%d and market data for %s",
-                              self.pretrade.view.snap.version, ", ".join(self.mesh.products))
-            self._ready_why = why
+                missing = [p for p in self.mesh.products if p not in ready]
+                self.log.info("ready for %s: risk state v%d%s", ", ".join(ready) or "no product",
+                              self.pretrade.view.snap.version,
+                              f"; no market data yet for {', '.join(missing)}" if missing else "")
+            self._ready_why = (why, ready)
             if self.pub is not None:
-                self._heartbeat()           # strategies wait for exec.ready: tell them now
+                self._heartbeat()           # strategies wait for exec.ready.<P>: tell them now
 
     def _flatten(self, retry: bool = False):
         """Reduce-only market exits for open positions not covered by working exits: on entering
@@ -566,7 +580,7 @@ class ExecutionNode(Node):
         readiness, and the counters of its decisions."""
         v, now = self.pretrade.view, self.clock()
         why = self.pretrade.ready([arg] if arg else None)      # arg: one product's readiness
-        return {"ready": not why, "why_not": why,
+        return {"ready": not why, "why_not": why, "products": {p: p in self.ready_products() for p in self.mesh.products},
                 "risk_state_version": None if v.snap is None else v.snap.version,
                 "risk_state_age_ms": v.age_ms(now), "risk_state": None if v.snap is None else v.snap.state,
                 "killswitch": None if v.snap is None else v.snap.killswitch, "risk_down": v.down,

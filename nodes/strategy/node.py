@@ -8,8 +8,9 @@ market event that triggered it) and submits it to execution with the runtime's a
 (``Node.request``): the loop goes on at once and the reply arrives as an event. Rejections are
 counted by code and back off; while the kill switch is engaged or risk says HALTED nothing is sent.
 
-Readiness: nothing is sent until execution says it is ready (risk state received and market data
-for every product: ``exec.ready`` in its heartbeat, or its ``Query("pretrade")``) and each plugin's
+Readiness: nothing is sent in a product until execution says it is ready for it (risk state
+received and market data for that product: ``exec.risk_ok`` and ``exec.ready.<P>`` in its
+heartbeat, or its ``Query("pretrade")``) and each plugin's
 positions are restored from execution (``Query("positions", "strategies")``): a restarted strategy
 starts from what it holds, never flat. Positions are execution's; the node follows them from the
 fills execution publishes.
@@ -129,7 +130,7 @@ class StrategyNode(Node):
         self._filled = {}            # client_order_id -> base size filled so far (own fills)
         self._final = {}             # client_order_id -> filled_size of a final order awaiting fills
         self.clock_ns = 0            # market time: the latest ts_event of a market event
-        self.exec_ready = False      # execution said it can check orders (risk state + market data)
+        self.ready_products = set()  # products execution can check orders in (risk state + market data)
         self.restored = False        # plugin positions restored from execution
         self._early_fills = []       # fills seen before the restore answer arrived
         self.c = {k: 0 for k in (
@@ -164,29 +165,35 @@ class StrategyNode(Node):
         """Until they are known: execution's readiness, the plugins' positions, the kill switch.
         Asynchronous: the answers arrive as events; unanswered, the next tick of this timer asks
         again (an unready strategy sends nothing)."""
-        if self.restored and self.exec_ready:
+        if self.restored and self.ready_products:
             return
         self.after(1.0, self._ask_start_state)      # again in a second, until both are known
         t = self.conf.submit_timeout_ms / 1000
         if not self.restored:
             self.request("execution", Query("positions", "strategies"), self._on_positions, None, t)
-        if not self.exec_ready:
+        if not self.ready_products:
             self.request("execution", Query("pretrade"), self._on_pretrade, None, t)
             self.request("risk", KillSwitchCmd("status"), self._on_ks_status, None, t)
 
     def _on_pretrade(self, r):
         if r.ok and isinstance(r.data, dict):
-            self._set_exec_ready(bool(r.data.get("ready")), r.data.get("why_not", ""))
+            prods = r.data.get("products") or {}
+            self._set_ready({p for p, ok in prods.items() if ok}, r.data.get("why_not", ""))
 
     def _on_exec_heartbeat(self, env):
         hb = env.msg
-        if hb.node == "execution" and "exec.ready" in hb.counters:
-            self._set_exec_ready(hb.counters["exec.ready"] == 1 and hb.state == "RUNNING", "")
+        if hb.node == "execution" and "exec.risk_ok" in hb.counters:
+            c = hb.counters
+            ok = hb.state == "RUNNING" and c["exec.risk_ok"] == 1
+            self._set_ready({p for p in self.products if ok and c.get(f"exec.ready.{p}") == 1}, "")
 
-    def _set_exec_ready(self, ready, why):
-        if ready != self.exec_ready:
-            self.log.info("execution %s%s", "ready" if ready else "not ready", f": {why}" if why else "")
-            self.exec_ready = ready
+    def _set_ready(self, products, why):
+        """Execution said which products it can check orders in now: only those are traded."""
+        products &= set(self.products)
+        if products != self.ready_products:
+            self.log.info("execution ready for %s%s", ", ".join(sorted(products)) or "no product",
+                          f" ({why})" if why else "")
+            self.ready_products = products
 
     def _on_ks_status(self, r):
         ks = r.data
@@ -344,7 +351,7 @@ class StrategyNode(Node):
             self.c["invalid_intents"] += 1
             return
         now = self.clock_ns or env.ts_event
-        if not (self.exec_ready and self.restored):
+        if not (self.restored and it.product in self.ready_products):
             self.c["suppressed_not_ready"] += 1
             return
         pos = self.positions[plugin.name].get(it.product, Decimal(0))
@@ -402,7 +409,7 @@ class StrategyNode(Node):
         out = dict(self.c)
         out["pending_orders"] = len(self.gate.pending)
         out["killswitch"] = int(self.gate.killswitch)
-        out["ready"] = int(self.exec_ready and self.restored)
+        out["ready"] = int(self.restored and bool(self.ready_products))
         for code, n in self.reject_codes.items():
             out[f"reject.{code}"] = n
         return out

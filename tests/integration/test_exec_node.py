@@ -273,3 +273,15 @@ def test_finished_orders_leave_memory_and_stay_idempotent(rig_factory):
     assert rig.submit(size=D("0.02"), client_order_id="mem-0").reason.endswith("used by a different order")
     assert rig.client.request(Query("order", "mem-0")).code == Code.UNKNOWN_ORDER     # not held any more
     assert rig.client.call(Query("order", "mem-9")).status == "FILLED"
+
+
+def test_readiness_is_per_product(rig_factory):
+    """Market data for BTC-USD only: execution is ready for BTC-USD (a strategy may trade it), not
+    for ETH-USD, and says so in its query and its heartbeat."""
+    rig = rig_factory()
+    pt = rig.client.call(Query("pretrade"))
+    assert pt["products"] == {"BTC-USD": True, "ETH-USD": False} and not pt["ready"]
+    assert "no market data for ETH-USD" in pt["why_not"]
+    assert rig.client.call(Query("pretrade", BTC))["ready"]
+    c = rig.node.extra_counters()
+    assert (c["exec.risk_ok"], c["exec.ready.BTC-USD"], c["exec.ready.ETH-USD"], c["exec.ready"]) == (1, 1, 0, 0)

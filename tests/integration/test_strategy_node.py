@@ -64,7 +64,8 @@ class Venue(threading.Thread):
                 it = env.msg
                 if type(it) is proto.Query:
                     self.queries.append(it)
-                    data = ({"ready": self.exec_ready, "why_not": "" if self.exec_ready else "no risk state"}
+                    data = ({"ready": self.exec_ready, "why_not": "" if self.exec_ready else "no risk state",
+                             "products": {"BTC-USD": self.exec_ready}}
                             if it.what == "pretrade" else
                             {"strategies": self.held, "recent_fills": []})
                     rtr.send_multipart(head + [enc.encode("rep", proto.Reply(True, Code.OK, "", data),
@@ -144,7 +145,7 @@ class Rig:
 
     def warm(self):
         self.warm_feeds()
-        wait_until(lambda: self.node.exec_ready and self.node.restored, 5, what="strategy ready")
+        wait_until(lambda: self.node.ready_products and self.node.restored, 5, what="strategy ready")
 
     def tick(self, price, dt_s=0.1):
         """Publish one BTC-USD tick ``dt_s`` of market time after the previous one; wait until handled."""
@@ -325,7 +326,7 @@ def test_nothing_is_sent_before_execution_is_ready(short_tmp, ctx):
         r.warm_feeds()
         wait_until(lambda: r.node.restored and any(q.what == "pretrade" for q in r.venue.queries), 5,
                    what="the strategy asking")
-        assert not r.node.exec_ready
+        assert not r.node.ready_products
         for p in ("100", "100", "100", "100", "101"):
             r.tick(p)
         assert r.venue.intents == [] and r.node.c["suppressed_not_ready"] == 1
