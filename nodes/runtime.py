@@ -108,7 +108,6 @@ class Node:
         self.pub = self.sub = self.rep = None
         self._auth_holds = 0
         self._dealers: dict = {}        # node -> DEALER socket of asynchronous requests (loop thread)
-        self._dealer_of: dict = {}      # socket -> node
         self._pending: dict = {}        # msg_id -> (on_reply, on_timeout, node)
         self._req_enc = None
         self._driven = False
@@ -182,7 +181,6 @@ class Node:
         self._secure(s, server=False, server_node=node)
         s.connect(self.mesh.endpoint(node, "rep"))
         self._dealers[node] = s
-        self._dealer_of[s] = node
         self._poller.register(s, zmq.POLLIN)
         if self._socket_added is not None:
             self._socket_added(self, s)
@@ -519,7 +517,6 @@ class Node:
             if s is not None:
                 s.close(linger=0)
         self._dealers.clear()
-        self._dealer_of.clear()
         if self.pub is not None:
             if self.mesh.transport == "inproc":
                 # release the name at once so a node restarted in this process can bind it; inproc
