@@ -4,7 +4,7 @@ One ``Normalizer`` per WebSocket connection: ``feed(frame, recv_ns)`` takes a fr
 (``str``/``bytes``, or an already-parsed ``dict`` from the synthetic source) and returns a list of
 events (the NamedTuples below). It never raises: anything malformed becomes a ``ParseError``.
 
-Facts it relies on (see ../shared/coinbase-protocol.md):
+Facts it relies on (docs/marketdata.md, "Coinbase protocol facts"):
 * envelope ``{"channel","client_id","timestamp","sequence_num","events":[...]}``; ``level2`` data
   arrives as channel ``l2_data`` with sides ``bid``/``offer``; acks on channel ``subscriptions``;
 * ``sequence_num`` is one counter per connection, from 0, +1 on every enveloped frame (acks

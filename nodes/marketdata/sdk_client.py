@@ -1,7 +1,8 @@
 """The same feed through the official SDK: ``coinbase.websocket.WSClient`` (coinbase-advanced-py).
 
 Every SDK call runs on *our* feed loop (the ``*_async`` methods), never on the SDK's private loop
-thread, so stopping stays bounded. Workarounds for the SDK's known faults (crib sheet 2.2-2.4):
+thread, so stopping stays bounded. Workarounds for the SDK's known faults (docs/marketdata.md,
+"Coinbase protocol facts"):
 
 * **credentials read at import**: ``WSClient``'s defaults come from ``COINBASE_API_KEY`` /
   ``COINBASE_API_SECRET`` at import time. We always pass ``api_key`` / ``api_secret`` explicitly
