@@ -199,8 +199,8 @@ class ExecutionNode(Node):
         out["exec.orders_in_memory"] = len(self.orders)
         out["exec.known_orders"] = len(self.known)
         out["exec.ready"] = int(not self.pretrade.ready())         # every product
-        ready = self.ready_products()
-        out["exec.risk_ok"] = int(not self.pretrade.view.unavailable(self.clock()))
+        why, ready = self.pretrade.ready_products()
+        out["exec.risk_ok"] = int(not why)
         for p in self.mesh.products:
             out[f"exec.ready.{p}"] = int(p in ready)
         age = self.pretrade.view.age_ms(self.clock())
@@ -332,15 +332,8 @@ class ExecutionNode(Node):
         if v.snap is not None and v.snap.state == "HALTED" and v.snap.flatten_on_halt:
             self._flatten(retry=True)
 
-    def ready_products(self) -> list:
-        """The products orders can pass in now: a fresh risk state and market data for each."""
-        if self.pretrade.view.unavailable(self.clock()):
-            return []
-        return [p for p, q in self.pretrade.quotes.items() if q.mid is not None]
-
     def _check_ready(self):
-        why = self.pretrade.view.unavailable(self.clock())
-        ready = tuple(self.ready_products())
+        why, ready = self.pretrade.ready_products()
         if (why, ready) != self._ready_why:
             if why:
                 (self.log.warning if self._ready_why and not self._ready_why[0] else self.log.info)(
@@ -580,7 +573,8 @@ class ExecutionNode(Node):
         readiness, and the counters of its decisions."""
         v, now = self.pretrade.view, self.clock()
         why = self.pretrade.ready([arg] if arg else None)      # arg: one product's readiness
-        return {"ready": not why, "why_not": why, "products": {p: p in self.ready_products() for p in self.mesh.products},
+        ready = self.pretrade.ready_products()[1]
+        return {"ready": not why, "why_not": why, "products": {p: p in ready for p in self.mesh.products},
                 "risk_state_version": None if v.snap is None else v.snap.version,
                 "risk_state_age_ms": v.age_ms(now), "risk_state": None if v.snap is None else v.snap.state,
                 "killswitch": None if v.snap is None else v.snap.killswitch, "risk_down": v.down,

@@ -63,7 +63,6 @@ class RiskView:
         self.down = ""                  # why risk is known to be down ("" otherwise)
         self.hb_last = None
         self.dropped = 0
-        self.changes = 0
 
     # --- inputs -------------------------------------------------------------------------------
     def apply(self, snap, now: float) -> bool:
@@ -89,8 +88,6 @@ class RiskView:
         except BadSnapshot:
             self.dropped += 1
             raise
-        if cur is None or (cur.state, cur.killswitch) != (snap.state, snap.killswitch) or feeds != self._feeds:
-            self.changes += 1
         self.snap, self.received = snap, now
         self._limits, self._bands, self._feeds = limits, bands, feeds
         self.down = ""                  # it speaks: whatever said it was down is over
@@ -236,6 +233,14 @@ class PreTrade:
             if q is None or q.mid is None:
                 return f"no market data for {p} yet"
         return ""
+
+    def ready_products(self):
+        """(why risk is unavailable or "", the products orders can pass in now: market data for
+        each, and none while risk is unavailable)."""
+        why = self.view.unavailable(self.clock())
+        if why:
+            return why, ()
+        return "", tuple(p for p, q in self.quotes.items() if q.mid is not None)
 
     def decide(self, intent):
         """(RiskDecision, size or None). An approval enters the rate window; the caller puts the
