@@ -115,24 +115,22 @@ def read(path, *, with_meta: bool = False, skip: tuple = ()) -> Iterator:
 
     A torn last line (a crash mid-write) is skipped with a warning; a bad line elsewhere raises
     DecodeError naming the line number."""
-    with open(path, "r", encoding="utf-8") as f:
-        lines = f.readlines()
-    n = len(lines)
     skip = tuple('{"topic":"' + t for t in skip)
-    for i, line in enumerate(lines, 1):
-        if skip and line.startswith(skip):
-            continue
-        if not line.strip():
-            continue
-        torn = i == n and not line.endswith("\n")
-        try:
-            if line.startswith('{"type":"_'):
-                if with_meta:
-                    yield json.loads(line)
+    with open(path, "r", encoding="utf-8") as f:   # one line at a time: a reader that stops early reads no more
+        for i, line in enumerate(f, 1):
+            if skip and line.startswith(skip):
                 continue
-            yield loads(line)
-        except (DecodeError, ValueError) as e:
-            if torn:
-                log.warning("%s: skipped torn last line %d (%s)", path, i, e)
-                return
-            raise DecodeError(f"{path}:{i}: {e}") from None
+            if not line.strip():
+                continue
+            torn = not line.endswith("\n")        # only the last line can lack its newline
+            try:
+                if line.startswith('{"type":"_'):
+                    if with_meta:
+                        yield json.loads(line)
+                    continue
+                yield loads(line)
+            except (DecodeError, ValueError) as e:
+                if torn:
+                    log.warning("%s: skipped torn last line %d (%s)", path, i, e)
+                    return
+                raise DecodeError(f"{path}:{i}: {e}") from None
