@@ -134,17 +134,17 @@ class Node:
 
     def every(self, seconds: float, fn, first: float = None):
         """Run ``fn()`` in the loop thread every ``seconds`` (first after ``first`` seconds)."""
-        delay = seconds if first is None else first
+        self._schedule(seconds if first is None else first, seconds, fn)
+
+    def after(self, seconds: float, fn):
+        """Run ``fn()`` once in the loop thread after ``seconds``."""
+        self._schedule(seconds, 0, fn)
+
+    def _schedule(self, delay: float, period: float, fn):
         tid = next(self._timer_ids)
         if self.state == NodeState.STARTING:
             self._delays[tid] = delay           # a driver may move it to its own clock at start
-        heapq.heappush(self._timers, (self.clock() + delay, tid, seconds, fn))
-
-    def after(self, seconds: float, fn):
-        tid = next(self._timer_ids)
-        if self.state == NodeState.STARTING:
-            self._delays[tid] = seconds
-        heapq.heappush(self._timers, (self.clock() + seconds, tid, 0, fn))
+        heapq.heappush(self._timers, (self.clock() + delay, tid, period, fn))
 
     def request(self, node: str, msg, on_reply, on_timeout=None, timeout_s: float = None) -> int:
         """Send ``msg`` to ``node``'s request socket without waiting (loop thread only).
