@@ -66,6 +66,14 @@ def started(mesh, ctx, cfg, secrets, *sources):
     return node, srcs
 
 
+def alert_bus(collector, mesh):
+    """A collector on the alert node's alert.* events, returned once its subscription is live: it has
+    heard the node's heartbeat (a PUB drops what it publishes before a SUB's subscription arrives)."""
+    bus = collector(mesh, ["alerts"], ["alert.", topics.heartbeat("alerts")])
+    bus.wait_for(lambda e: e.topic == topics.heartbeat("alerts"))
+    return bus
+
+
 def stop_all(*nodes):
     for n in nodes:
         n.stop()
@@ -79,7 +87,7 @@ def test_killswitch_to_slack_and_teams_with_dedupe_resolve_and_cooldown(tcp_mesh
     secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/T0/B0/x"),
                "TEAMS_WEBHOOK_URL": Secret(sink.url + "/teams/webhookb2/y")}
     node, (risk,) = started(tcp_mesh, ctx, conf(cooldown_s=30), secrets, "risk")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = alert_bus(collector, tcp_mesh)
     try:
         risk.send(topics.RISK_KILLSWITCH, ks(True, "manual halt by test"))
         risk.send(topics.RISK_KILLSWITCH, ks(True, "manual halt by test"))       # duplicate: deduped
@@ -120,7 +128,7 @@ def test_a_small_feed_gap_is_one_message_per_channel_and_one_resolve(tcp_mesh, c
     secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/T0/B0/gap"),
                "TEAMS_WEBHOOK_URL": Secret(sink.url + "/teams/webhookb2/gap")}
     node, (md,) = started(tcp_mesh, ctx, conf(feed_settle_s=0.5), secrets, "marketdata")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = alert_bus(collector, tcp_mesh)
     products = ["BTC-USD", "ETH-USD"]
     try:
         for p in products:
@@ -154,7 +162,7 @@ def test_mode_log_and_local_never_reach_a_channel_off_this_machine(tcp_mesh, ctx
     secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/T0/B0/log"),
                "TEAMS_WEBHOOK_URL": Secret("https://tickmesh-test.invalid/webhookb2/never")}
     node, (risk,) = started(tcp_mesh, ctx, conf(mode="log"), secrets, "risk")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = alert_bus(collector, tcp_mesh)
     try:
         assert node.channels == []
         risk.send(topics.RISK_KILLSWITCH, ks(True, "offline halt"))
@@ -181,7 +189,7 @@ def test_retries_429_and_5xx_not_4xx(tcp_mesh, ctx, sink, collector):
     secrets = {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/hook"),
                "TEAMS_WEBHOOK_URL": Secret(sink.url + "/teams/hook")}
     node, (sup,) = started(tcp_mesh, ctx, conf(), secrets, "supervisor")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = alert_bus(collector, tcp_mesh)
     try:
         sup.send(topics.NODE_PROCESS, proto.ProcessEvent("execution", "tickmesh", "FATAL", 0, False, "from BACKOFF"))
         ev = bus.wait_for(lambda e: e.topic == "alert.process")
@@ -197,7 +205,7 @@ def test_retries_give_up_after_max_attempts(tcp_mesh, ctx, sink, collector):
     sink.script("/slack/hook", [(500, {}, "x")] * 3)
     node, (sup,) = started(tcp_mesh, ctx, conf(max_attempts=3), {"SLACK_WEBHOOK_URL": Secret(sink.url + "/slack/hook")},
                            "supervisor")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = alert_bus(collector, tcp_mesh)
     try:
         sup.send(topics.NODE_PROCESS, proto.ProcessEvent("risk", "tickmesh", "EXITED", 9, False, "x"))
         ev = bus.wait_for(lambda e: e.topic == "alert.process")
@@ -212,7 +220,7 @@ def test_slack_bot_token_mode_uses_chat_post_message(tcp_mesh, ctx, sink, collec
     secrets = {"SLACK_BOT_TOKEN": Secret("xoxb-test-token"), "SLACK_CHANNEL": Secret("#ops")}
     node, (ex,) = started(tcp_mesh, ctx, conf(slack_api_url=sink.url + "/api", node_timeout_s=0.6), secrets,
                           "execution")
-    bus = collector(tcp_mesh, ["alerts"], ["alert."])
+    bus = alert_bus(collector, tcp_mesh)
     try:
         # a crash: the node vanishes without its final STOPPED heartbeat (a clean stop is not alerted)
         ex._publish_heartbeat = lambda state: None
@@ -237,8 +245,7 @@ def test_slack_bot_token_mode_uses_chat_post_message(tcp_mesh, ctx, sink, collec
 def test_without_channels_alerts_go_to_the_log(tcp_mesh, ctx, collector, caplog):
     caplog.set_level(logging.WARNING, logger="tickmesh.alerts")
     node, (risk,) = started(tcp_mesh, ctx, conf(feed_grace_s=0.0), {}, "risk")
-    bus = collector(tcp_mesh, ["alerts"], ["alert.", "node.heartbeat.alerts"])
-    bus.wait_for(lambda e: e.topic == "node.heartbeat.alerts")      # subscribed (slow joiner)
+    bus = alert_bus(collector, tcp_mesh)
     try:
         risk.send(topics.PNL, proto.PnL(proto.Decimal("-1500"), proto.Decimal("0"), proto.Decimal("-1500"),
                                         proto.Decimal("98500"), proto.Decimal("1"), "2026-01-01"))
