@@ -88,6 +88,21 @@ class Collector:
                 if pred(env):
                     return env
 
+    def ready(self, *nodes, timeout: float = 5.0):
+        """Return once the subscription is live at each of ``nodes``' PUB sockets: subscribe to the
+        node's heartbeat (published every ``mesh.heartbeat_s``) and wait for one from it. A PUB drops
+        what it publishes before a SUB's subscription has reached it (the slow joiner), so wait here
+        before triggering the events a test expects. Subscriptions travel in order on one connection,
+        so hearing the heartbeat proves the prefixes given at construction are live there too.
+
+        The heartbeats keep arriving afterwards: ``events`` holds them as well (their topic is
+        ``node.heartbeat.<node>``, their body a Heartbeat with no ``client_order_id``)."""
+        for node in nodes:
+            topic = self._proto.topics.heartbeat(node)
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            self.wait_for(lambda e, topic=topic, node=node: e.topic == topic and e.source == node, timeout)
+        return self
+
     def close(self):
         self.sock.close(linger=0)
 

@@ -255,7 +255,8 @@ def order_mesh(short_tmp, ctx):
 def test_absurd_orders_are_rejected_with_a_reason_and_never_sent(order_mesh, ctx, collector):
     mesh, nodes = order_mesh
     ex = nodes["execution"]
-    seen = collector(mesh, ["execution", "risk"], ["order.", "risk.decision"])
+    # live at execution's PUB before any order: the control order's events are the first we wait on
+    seen = collector(mesh, ["execution", "risk"], ["order.", "risk.decision"]).ready("execution")
     ec = RequestClient.for_node(mesh, "execution", timeout_ms=3000, source="tests", context=ctx)
     try:
         wait_until(lambda: ex.pretrade.view.feed(BTC) == ("", "") and BTC in ex.venue.books
