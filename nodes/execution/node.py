@@ -451,7 +451,9 @@ class ExecutionNode(Node):
         if delay:
             self.after(delay, lambda coid=o.client_order_id: self._paper_deliver(coid))
         else:
-            self._apply(self.venue.submit(o, now))
+            # stamped when the venue takes it (after the checks and the journal), so the fill's
+            # time is the time it executed; on the market clock (offline) the same as ``now``
+            self._apply(self.venue.submit(o, self.now_ns()))
 
     def _latency(self) -> float:
         c = self.conf

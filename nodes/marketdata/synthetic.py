@@ -532,14 +532,19 @@ class SyntheticSource:
         from .feed import Connected, RawEv
         norm = Normalizer(self.conn)
         first = True
+        now = time.time_ns
         for ts, fs in (frames if frames is not None else self.frames(start_ns, step_ns, sim_dt, wall)):
+            # the receive stamp, as a live connection takes it: once the exchange's frames exist
+            # (after the simulated exchange made them), before they are parsed. ``ts`` is the
+            # exchange's time of the step; on the simulated clock the two are the same
+            recv_ns = now() if wall else ts
             batch = [Connected(self.conn, True)] if first else []
             first = False
             for f in fs:
                 self.frames_seen += 1
                 if self.raw:
                     batch.append(RawEv(self.conn, f if isinstance(f, str) else json.dumps(f, separators=(",", ":"))))
-                batch.extend(norm.feed(f, ts))
+                batch.extend(norm.feed(f, recv_ns))
             yield ts, batch
 
     def _run(self):

@@ -14,11 +14,14 @@ arrives. One trade's latency is::
     (probe receives the order's first Fill) - Order.origin_ns
 
 ``origin_ns`` is the ``ts_recv`` the market-data node gave the tick that triggered the order (set
-by the strategy node), so the figure runs from the tick's receive stamp inside marketdata to the
-fill event delivered to a subscriber: it includes marketdata's hand-off from its source thread to
-its loop and three bus hops (md -> strategy, strategy -> execution, execution's fill -> the probe).
-The table also splits it using the envelopes' own stamps (origin -> execution receives the
-intent -> fill stamped after the checks and the venue -> fill received).
+by the strategy node): the synthetic source stamps it as a live connection does, once the
+simulated exchange has made the step's frames and before they are parsed. So the figure runs from
+the tick's receive stamp inside marketdata to the fill event delivered to a subscriber: it
+includes the normaliser, marketdata's hand-off from its source thread to its loop and three bus
+hops (md -> strategy, strategy -> execution, execution's fill -> the probe). The table also splits
+it using the events' own stamps: origin -> execution made the order (``Order.created_ns``) -> the
+paper venue executed it (the fill's time: after the checks and the journal) -> fill received (the
+fill's journal record, its publish and its hop).
 
 Next to it, in the same run and at the same pace: one raw pyzmq PUB->SUB hop (a stamped ~150-byte
 frame; the receiver polls like a node's loop; half the samples just before the mesh runs, half
@@ -322,7 +325,7 @@ class Probe:
 
 
 def latencies(probe: Probe, skip_fills: int):
-    """[(total, md->exec, exec->fill stamp, stamp->probe)] in us, one per order (first fill)."""
+    """[(total, md->exec, exec->venue fill, fill->probe)] in us, one per order (first fill)."""
     import proto
     origin = {}
     for _, f in probe.orders:
@@ -425,8 +428,9 @@ def run_transport(transport: str, trades: int, warmup: int, hop_n: int) -> dict:
           f"({len(total) / m['secs']:.0f}/s); raw hop p50 {raw:.1f} p99 {common.pct(hop, 0.99):.1f} us; "
           f"{RELAYS} relays, no node code, p50 {common.pct(floor, 0.5):.1f} p99 {common.pct(floor, 0.99):.1f} us; "
           f"split p50 (us): origin->execution {common.pct(parts[0], 0.5):.0f}, "
-          f"execution->fill stamp (checks in-process + paper venue) {common.pct(parts[1], 0.5):.0f}, "
-          f"stamp->probe {common.pct(parts[2], 0.5):.0f}; strategy: submitted {c.get('submitted')}, "
+          f"execution->venue fill (checks, journal) {common.pct(parts[1], 0.5):.0f}, "
+          f"fill->probe (journal, publish, hop) {common.pct(parts[2], 0.5):.0f}; "
+          f"strategy: submitted {c.get('submitted')}, "
           f"rejected {c.get('rejected')}, timeouts {c.get('submit_timeouts')}, "
           f"suppressed pending {c.get('suppressed_pending')}", flush=True)
     return res
