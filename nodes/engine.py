@@ -8,7 +8,14 @@ differs. There is no loop thread per node: ``Node.start_driven`` opens a node's 
    ROUTER, request replies, queued calls), again and again until a whole pass finds nothing. An
    inproc send is delivered before ``send`` returns and a non-blocking receive sees it, so once a
    pass is empty everything the last event caused (the strategy's order, execution's checks and
-   fills, the store's lines) has been handled, everywhere.
+   fills, the store's lines) has been handled, everywhere. The engine follows every send (it
+   wraps ``publish``, ``request`` and the replies), so it knows which sockets hold how many
+   frames and drains exactly those. A poll of every socket, for what no hook saw, runs at every
+   quiet point while the nodes start and stop, and at every ``POLL_EVERY``-th one in between:
+   a safety net, at points that are the same in every run (nothing outside the process can send
+   to an inproc socket; ``unrouted_running`` counts what it found, 0 in a correct mesh). Its
+   place matters: a poll, like a receive that finds a socket empty, parks the empty pipes of a
+   SUB's fair queue, and that decides the order of the next frames from several publishers.
 2. **timers**: the earliest due timer of any node (ties: node order, then registration order)
    runs when the market clock reaches it, followed by a quiesce.
 3. **the source**: the next batch of the market-data source (``batches()`` of the synthetic or
@@ -23,10 +30,14 @@ barrier and no waiting. ``speed`` > 0 paces the source against the wall clock (1
 """
 import time
 
+import zmq
+
 import proto
 
 Node_decode = proto.decode                 # the runtime's default frame decoder
 QUIESCE_PASSES_MAX = 100_000      # a feedback loop between nodes would spin here: fail instead
+POLL_EVERY = 256                  # quiet points between two polls of every socket (a safety net)
+SUB_BUDGET = 2000                 # frames drained from one SUB socket per pass
 
 
 class EngineError(RuntimeError):
@@ -60,17 +71,20 @@ class Engine:
         self.timers_fired = 0
         self.passes = 0
         self.unrouted = 0                  # quiet checks that found something no hook routed
+        self.unrouted_at_start = 0
+        self.unrouted_running = 0          # between the start and the stop: 0 unless --bridge took requests
+        self._steady = False               # started: the poll runs at every POLL_EVERY-th quiet point
+        self._quiet = 0                    # quiet points reached while steady
         self.started = []
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self):
         """Start every node in this thread, then let subscriptions settle (each socket processes
         its pending commands: subscriptions reach the publishers before the first event)."""
-        import zmq
         self._poller = zmq.Poller()
         self._readers = {}                 # socket -> (node index, socket index, drain function)
         self._index = {n.instance: i for i, n in enumerate(self.nodes)}
-        self._sub_dirty = [False] * len(self.nodes)
+        self._sub_dirty = [0] * len(self.nodes)        # frames routed to each node's SUB, not drained
         self._rep_dirty = [False] * len(self.nodes)
         self._dealers_dirty = False
         self._routes = {}                  # (publisher index, topic) -> subscriber indices
@@ -92,7 +106,11 @@ class Engine:
             self._watch(n)
             self._hook(i, n)
         self._settle()
+        self._routes.clear()               # routes cached while nodes were starting missed some
+        self._quiet = 0
         self.quiesce()
+        self.unrouted_at_start = self.unrouted
+        self._steady = True
         # what exists now lives for the whole run: keep the collector off it, and let it run
         # less often (a backtest allocates millions of short-lived records, almost no cycles)
         import gc
@@ -143,7 +161,7 @@ class Engine:
             if r is None:
                 r = self._route(i, topic)
             for j in r:
-                sub_dirty[j] = True
+                sub_dirty[j] += 1
 
         n.publish, n.request, n._send_reply = routed_publish, self._routed_request(n, request), \
             self._routed_reply(send_reply)
@@ -195,6 +213,9 @@ class Engine:
     def stop(self):
         """Stop the nodes in reverse order (the source first); what each one publishes on its way
         out is handled by the ones still running."""
+        if self._steady:                   # what the run's polls found that no hook routed
+            self.unrouted_running = self.unrouted - self.unrouted_at_start
+        self._steady = False               # every quiesce from here on polls
         for n in reversed(self.started):
             try:
                 self.quiesce()
@@ -213,9 +234,10 @@ class Engine:
     # --- the three steps ------------------------------------------------------------------------
     def quiesce(self) -> int:
         """Until no socket of any node holds anything and no call is queued. Each pass drains,
-        node by node in drive order, the sockets that something was sent to (``_hook``); when
-        none is left, one poll of every socket confirms the mesh is quiet (and drains anything a
-        hook did not see, counted in ``unrouted``)."""
+        node by node in drive order, the frames something sent (``_hook``): exactly as many as
+        were routed to each SUB socket. When none is left, a poll of every socket (once every
+        ``POLL_EVERY`` quiet points while running, at each while starting or stopping) confirms
+        the mesh is quiet and drains anything a hook did not see, counted in ``unrouted``."""
         total = 0
         nodes, sub_dirty, rep_dirty = self.nodes, self._sub_dirty, self._rep_dirty
         q = self._queue
@@ -228,13 +250,14 @@ class Engine:
                         nodes[j].dispatch(env)
                     work += 1
             for i, n in enumerate(nodes):
-                if sub_dirty[i]:
-                    sub_dirty[i] = False
+                k = sub_dirty[i]
+                if k:
                     if n.state == "RUNNING":
-                        k = n._drain_sub()
-                        if k >= 2000:
-                            sub_dirty[i] = True         # its budget ran out: more next pass
-                        work += k + 1
+                        take = k if k < SUB_BUDGET else SUB_BUDGET
+                        sub_dirty[i] = k - take         # the rest next pass
+                        work += n._drain_sub(take) + 1
+                    else:
+                        sub_dirty[i] = 0
                 if rep_dirty[i]:
                     rep_dirty[i] = False
                     if n.state == "RUNNING":
@@ -251,6 +274,11 @@ class Engine:
                 total += work
                 self.passes += 1
                 continue
+            if self._steady:
+                self._quiet += 1
+                if self._quiet % POLL_EVERY:
+                    self._decoded.clear()
+                    return total
             ready = self._poller.poll(0)
             if not ready:
                 self._decoded.clear()

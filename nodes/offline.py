@@ -433,6 +433,7 @@ def _run(args, cfg, cpus, why) -> int:
     elapsed = time.monotonic() - t0
     out = summarize(summary, nodes, elapsed, stored, span)
     out["ended_by"] = reason
+    out["engine_unrouted"] = engine.unrouted_running    # frames no hook followed (see nodes/engine.py)
     if span:
         print(f"offline: {out['market_hours']:g} market hours ({out['market_start']} -> {out['market_end']}) "
               f"in {elapsed:.1f} s of wall time ({reason})")

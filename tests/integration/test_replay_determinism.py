@@ -52,6 +52,8 @@ def _same(tmp_path, *source, expect_orders=True):
     if expect_orders:
         assert n1 > 0 and s1["orders"] > 0, "the run produced no orders: nothing was compared"
     assert (h1, n1) == (h2, n2)
+    # every frame a node sent was followed by the engine (none found only by its wall-clock poll)
+    assert s1["engine_unrouted"] == s2["engine_unrouted"] == 0
     for k in ("ticks", "orders", "fills", "rejects", "realized_pnl", "fees", "positions", "events_stored"):
         assert s1[k] == s2[k], k
     l1, l2 = _lines(f1), _lines(f2)
