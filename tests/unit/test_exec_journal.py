@@ -131,3 +131,26 @@ def test_compaction_keeps_positions_working_and_recent_orders(tmp_path):
     book.apply_fill(f2, 60)
     assert again.position("BTC-USD") == book.position("BTC-USD") and again.pnl().realized == book.pnl().realized
     assert not (tmp_path / "x.journal.compact").exists()
+
+
+def test_order_and_fill_records_are_json_dumps_bytes(tmp_path):
+    """The compiled record encoders write exactly what json.dumps wrote, odd values included."""
+    from proto import to_plain
+    o = OrderState.from_intent(OrderIntent("BTC-USD", "BUY", "LIMIT", size=D("0.001"), limit_price=D("65000.01"),
+                                           client_order_id='q"\\é€\u2028-1', strategy="s\n"), "paper", 123)
+    o.apply_fill(D("65000.01"), D("0.0005"), D("0.39"))
+    o.reason = "odd \x00 \u00ff reason"
+    f = Fill("f-1", o.client_order_id, "BTC-USD", "BUY", D("65000.01"), D("0.0005"), D("-1E+2"), "MAKER", "paper")
+    j = Journal(tmp_path / "j", fsync=False)
+    j.open()
+    want = []
+    j.order(o, 5)
+    want.append({"k": "order", "ts": 5, "o": o.to_plain()})
+    j.fill(o, f, 6)
+    want.append({"k": "fill", "ts": 6, "o": o.to_plain(), "f": to_plain(f)})
+    o.est_size, o.sent, o.fills, o.code, o.quote_size = 3, 1, True, None, "12.5"    # not the declared types
+    j.order(o, 7)
+    want.append({"k": "order", "ts": 7, "o": o.to_plain()})
+    j.close()
+    assert (tmp_path / "j").read_bytes() == b"".join(
+        json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in want)
