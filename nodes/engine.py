@@ -301,7 +301,14 @@ class Engine:
     def run_timers(self, until_ns: int):
         """Fire every timer due up to ``until_ns`` in time order, the clock following each."""
         until = until_ns / 1e9
+        nodes = self.nodes
         while True:
+            for n in nodes:                     # the common case first: nothing due yet
+                t = n._timers
+                if t and t[0][0] <= until:
+                    break
+            else:
+                return
             t = self.next_timer()
             if t is None or t[0] > until:
                 return

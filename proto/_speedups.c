@@ -640,8 +640,44 @@ sp_configure_lines(PyObject *self, PyObject *args)
 /* --- levels_in: a book side [[price, size], ...] of exact decimal strings -> [[Decimal, Decimal]] ----
  *
  * proto.messages._levels_in's loop, memoised through the same DECIMALS cache (a dict subclass whose
- * __missing__ parses, validates and inserts). Anything unusual (not a list, a level that is not a
+ * __missing__ parses, validates and inserts; cache_miss does the same in C for canonical strings). Anything unusual (not a list, a level that is not a
  * 2-list, a key the cache refuses) goes to the Python function, which raises the named error. */
+
+static int canon_decimal(const char *s, Py_ssize_t n);
+
+/* A cache miss on an exact decimal string in canonical form (what str(Decimal) writes: a valid,
+ * finite decimal) builds the Decimal here and inserts it, as the cache's __missing__ would, without
+ * a Python call per level (a book's sizes rarely repeat: most of them miss). Anything else, and a
+ * full cache (its __missing__ clears it), goes through __missing__. NULL with an exception set. */
+static Py_ssize_t cache_max = -1;
+
+static PyObject *
+cache_miss(PyObject *cache, PyObject *key)
+{
+    if (L.decimal != NULL && cache_max < 0) {
+        PyObject *m = PyObject_GetAttrString(cache, "MAX");
+        cache_max = m != NULL ? PyLong_AsSsize_t(m) : 0;
+        Py_XDECREF(m);
+        if (cache_max < 0 || PyErr_Occurred()) {
+            PyErr_Clear();
+            cache_max = 0;
+        }
+    }
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(key, &n);
+    if (p == NULL)
+        return NULL;
+    if (L.decimal == NULL || PyDict_GET_SIZE(cache) >= cache_max || !canon_decimal(p, n))
+        return PyObject_GetItem(cache, key);
+    PyObject *d = PyObject_CallOneArg(L.decimal, key);
+    if (d == NULL)
+        return NULL;
+    if (PyDict_SetItem(cache, key, d) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
 
 static PyObject *
 levels_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -677,7 +713,7 @@ levels_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             } else {
                 if (PyErr_Occurred())
                     goto slow;
-                d = PyObject_GetItem(cache, key);                    /* a miss: __missing__ */
+                d = cache_miss(cache, key);                          /* a miss */
                 if (d == NULL)
                     goto slow;
             }

@@ -198,3 +198,26 @@ def test_book_levels_decode_the_same_in_c_and_python(v):
     assert out[0] == out[1]
     if out[0][0] == "ok":
         assert all(type(x) is Decimal and x.is_finite() for lv in out[0][1] for x in lv)
+
+
+def test_book_level_cache_misses_in_c_keep_the_cache_contract():
+    """A miss on a canonical decimal string is parsed and inserted by the C loop itself (no
+    ``__missing__`` call per level); a full cache is still cleared, and what is not canonical still
+    takes ``__missing__``: valid ones cached, bad ones a named error."""
+    from proto import jsonl, messages  # noqa: F401 - jsonl configures the C side's Decimal
+    cache = messages.DECIMALS
+    cache.clear()
+    side = [["65000.01", "0.30633115"], ["64999.99", "1E-8"]]
+    out = messages._levels_in(side, "Book.bids")
+    assert [[str(p), str(s)] for p, s in out] == [["65000.01", "0.30633115"], ["64999.99", "1E-8"]]
+    assert all(type(x) is Decimal for lv in out for x in lv)
+    assert {"65000.01", "0.30633115", "64999.99", "1E-8"} <= set(cache)
+    assert out[0][0] is cache["65000.01"]                   # the cached object, shared
+    for k in range(cache.MAX - len(cache)):
+        cache[f"k{k}"] = Decimal(k)
+    assert len(cache) == cache.MAX
+    messages._levels_in([["1.5", "2.5"]], "Book.asks")      # full: __missing__ clears it first
+    assert len(cache) == 2 and set(cache) == {"1.5", "2.5"}
+    with pytest.raises(DecodeError, match="Book.asks"):
+        messages._levels_in([["1.5", "NaN"]], "Book.asks")
+    cache.clear()
