@@ -257,8 +257,8 @@ class ReplaySource:
                     yield ts, [TradeEv(msg.product, msg.trade_id, msg.price, msg.size, msg.side, env.ts_event, now)]
                 elif t is proto.Book and msg.product in self.products:
                     self.used += 1
-                    yield ts, [L2Ev(msg.product, True, [tuple(lv) for lv in msg.bids],
-                                    [tuple(lv) for lv in msg.asks], env.ts_event, now)]
+                    # [price, size] pairs as decoded (fresh lists, nothing else holds them)
+                    yield ts, [L2Ev(msg.product, True, msg.bids, msg.asks, env.ts_event, now)]
                 else:
                     self.skipped += 1
         except (OSError, proto.DecodeError) as e:

@@ -255,3 +255,60 @@ def test_foreign_but_valid_encodings_give_the_definitions_line(rng, tag, source,
     frame = b"md.x\x00" + _pack_alt(env, rng) + tail
     a, b = _store_view(frame)
     assert a == b
+
+
+JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), TEXT, DEC.map(str),
+                        st.floats(allow_nan=False, allow_infinity=False),
+                        st.sampled_from(["1E+3", "-0", "NaN", " 1", "1.50", "65000.01"]))
+FIELD_VALUE = st.one_of(JSON_SCALAR, st.lists(st.one_of(JSON_SCALAR, st.lists(JSON_SCALAR, max_size=3)), max_size=3),
+                        st.dictionaries(TEXT, JSON_SCALAR, max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(REGISTRY)), st.data())
+def test_reading_a_line_takes_the_definitions_path_whatever_the_body(tag, data):
+    """proto.jsonl.loads reads the common line by a short path (every field present, the record's
+    own decoder); any body, good or bad, gives what the definition gives: record_from_plain's record,
+    or a DecodeError with its message."""
+    import json as _json
+    from proto.errors import DecodeError
+    cls = REGISTRY[tag]
+    if data.draw(st.booleans()):            # a valid record's line, then perhaps one field spoiled
+        body = codec.to_plain(data.draw(record_strategy(cls)))
+        if data.draw(st.booleans()):
+            body[data.draw(st.sampled_from(cls._fields))] = data.draw(FIELD_VALUE)
+    else:
+        body = {f: data.draw(FIELD_VALUE) for f in cls._fields}
+    if data.draw(st.booleans()):
+        body.pop(data.draw(st.sampled_from(cls._fields)))
+    line = _json.dumps({"topic": "t", "type": tag, "source": "s", "seq": 1, "msg_id": 2, "ts_event": 3,
+                        "ts_recv": 4, "body": body}, allow_nan=True)
+    try:
+        want = ("ok", Envelope("t", 2, "s", 1, 3, 4, codec.record_from_plain(tag, _json.loads(line)["body"])))
+    except DecodeError as e:
+        want = ("err", f"{e}")
+    try:
+        got = ("ok", jsonl.loads(line))
+    except DecodeError as e:
+        got = ("err", f"{e}")
+    assert repr(got) == repr(want)          # exact: Decimal("1.50") is not Decimal("1.5"), NaN is NaN
+
+
+def test_reading_a_line_names_what_json_names():
+    import json as _json
+
+    import pytest
+
+    from proto.errors import DecodeError
+    good = jsonl.dumps(Envelope("md.tick.BTC-USD", 1, "marketdata", 1, 2, 3, REGISTRY["Trade"](
+        "BTC-USD", "7", Decimal("65000.01"), Decimal("0.5"), "BUY")))
+    assert jsonl.loads(good) == jsonl.loads(" " + good + " \n") == jsonl.loads(good + "\n")
+    for bad in ("", "  ", "{", good + " x", good + good, "nul", "{'a': 1}", '{"a":1,}'):
+        with pytest.raises(ValueError) as want:
+            _json.loads(bad)
+        with pytest.raises(DecodeError) as got:
+            jsonl.loads(bad)
+        assert str(got.value) == f"not JSON: {want.value}"
+    for not_event in ("[1]", "1", '{"type":1}', "{}"):
+        with pytest.raises(DecodeError, match="not an event line"):
+            jsonl.loads(not_event)
