@@ -74,6 +74,7 @@ class Engine:
         self.unrouted_at_start = 0
         self.unrouted_running = 0          # between the start and the stop: 0 unless --bridge took requests
         self._steady = False               # started: the poll runs at every POLL_EVERY-th quiet point
+        self._due = 0.0                    # no timer of any node is due before this (market s)
         self._quiet = 0                    # quiet points reached while steady
         self.started = []
 
@@ -85,9 +86,12 @@ class Engine:
         self._readers = {}                 # socket -> (node index, socket index, drain function)
         self._index = {n.instance: i for i, n in enumerate(self.nodes)}
         self._sub_dirty = [0] * len(self.nodes)        # frames routed to each node's SUB, not drained
+        self._mask = 0                     # bit i: node i's SUB or ROUTER was sent something
+        self._calls = [n._calls for n in self.nodes]
         self._rep_dirty = [False] * len(self.nodes)
         self._dealers_dirty = False
         self._routes = {}                  # (publisher index, topic) -> subscriber indices
+        self._route_bits = {}              # (publisher index, topic) -> their bits in _mask
         cache = self._decoded = {}
 
         def shared_decode(frame, _decode=proto.decode, _get=cache.get):
@@ -107,6 +111,11 @@ class Engine:
             self._hook(i, n)
         self._settle()
         self._routes.clear()               # routes cached while nodes were starting missed some
+        self._route_bits.clear()
+        self._calls = [n._calls for n in self.nodes]
+        for n in self.nodes:
+            self._hook_timers(n)
+        self._due = self._min_due()
         self._quiet = 0
         self.quiesce()
         self.unrouted_at_start = self.unrouted
@@ -155,6 +164,9 @@ class Engine:
                 self._routed_reply(send_reply)
             return
 
+        bits = self._route_bits
+        eng = self
+
         def routed_publish(topic, msg, ts_event=0, ts_recv=0):
             publish(topic, msg, ts_event, ts_recv)
             r = routes.get((i, topic))
@@ -162,6 +174,7 @@ class Engine:
                 r = self._route(i, topic)
             for j in r:
                 sub_dirty[j] += 1
+            eng._mask |= bits[(i, topic)]
 
         n.publish, n.request, n._send_reply = routed_publish, self._routed_request(n, request), \
             self._routed_reply(send_reply)
@@ -171,6 +184,7 @@ class Engine:
         r = self._routes[(i, topic)] = tuple(
             j for j, m in enumerate(self.nodes) if j != i and m.sub is not None
             and any(topic.startswith(p) for p in m.subscriptions))
+        self._route_bits[(i, topic)] = sum(1 << j for j in r)
         return r
 
     def _routed_request(self, n, request):
@@ -181,6 +195,7 @@ class Engine:
             j = index.get(node)
             if j is not None:
                 rep_dirty[j] = True
+                self._mask |= 1 << j
             return mid
         return routed_request
 
@@ -239,7 +254,8 @@ class Engine:
         ``POLL_EVERY`` quiet points while running, at each while starting or stopping) confirms
         the mesh is quiet and drains anything a hook did not see, counted in ``unrouted``."""
         total = 0
-        nodes, sub_dirty, rep_dirty = self.nodes, self._sub_dirty, self._rep_dirty
+        nodes, sub_dirty, rep_dirty, calls = self.nodes, self._sub_dirty, self._rep_dirty, self._calls
+        nn = len(nodes)
         q = self._queue
         for _ in range(QUIESCE_PASSES_MAX):
             work = 0
@@ -249,12 +265,30 @@ class Engine:
                     if nodes[j].state == "RUNNING":
                         nodes[j].dispatch(env)
                     work += 1
-            for i, n in enumerate(nodes):
+            # the nodes in drive order: every one when a call is queued somewhere (rare offline),
+            # else only those whose bit is set, the bits re-read after each node (what a node
+            # sends to one after it is handled in this same pass, as in the full scan)
+            full = any(calls)
+            i = -1
+            while True:
+                if full:
+                    i += 1
+                    if i == nn:
+                        break
+                else:
+                    m = self._mask >> (i + 1)
+                    if not m:
+                        break
+                    i += (m & -m).bit_length()
+                self._mask &= ~(1 << i)
+                n = nodes[i]
                 k = sub_dirty[i]
                 if k:
                     if n.state == "RUNNING":
                         take = k if k < SUB_BUDGET else SUB_BUDGET
                         sub_dirty[i] = k - take         # the rest next pass
+                        if k > take:
+                            self._mask |= 1 << i
                         work += n._drain_sub(take) + 1
                     else:
                         sub_dirty[i] = 0
@@ -262,7 +296,7 @@ class Engine:
                     rep_dirty[i] = False
                     if n.state == "RUNNING":
                         work += n._drain_rep() + 1
-                if n._calls:
+                if calls[i]:
                     work += n.run_calls()
             if self._dealers_dirty:
                 self._dealers_dirty = False
@@ -298,17 +332,25 @@ class Engine:
                     best = (d[0], i, d[1], n)
         return best
 
+    def _min_due(self) -> float:
+        """The earliest timer of any node (market seconds), inf if none."""
+        return min((n._timers[0][0] for n in self.nodes if n._timers), default=float("inf"))
+
+    def _hook_timers(self, n):
+        """Keep ``_due`` (the earliest timer of all) as low as any timer ``n`` schedules."""
+        schedule = n._schedule
+
+        def scheduled(delay, period, fn):
+            schedule(delay, period, fn)
+            d = n._timers[0][0]
+            if d < self._due:
+                self._due = d
+        n._schedule = scheduled
+
     def run_timers(self, until_ns: int):
         """Fire every timer due up to ``until_ns`` in time order, the clock following each."""
         until = until_ns / 1e9
-        nodes = self.nodes
-        while True:
-            for n in nodes:                     # the common case first: nothing due yet
-                t = n._timers
-                if t and t[0][0] <= until:
-                    break
-            else:
-                return
+        while self._due <= until:               # the common case: nothing due yet, one comparison
             t = self.next_timer()
             if t is None or t[0] > until:
                 return
@@ -317,6 +359,7 @@ class Engine:
                 self.clock.ns = due_ns
             t[3].fire_timer()
             self.timers_fired += 1
+            self._due = self._min_due()         # fire_timer re-armed or dropped the one it ran
             if self._sent():                    # it published, asked or queued something
                 self.quiesce()
 
