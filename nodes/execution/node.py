@@ -37,7 +37,7 @@ from .orders import (Accepted, Cancelled, Completed, Filled, OrderState, Rejecte
 from .paper import PaperVenue
 from .positions import PositionBook, mid
 from .pretrade import BadSnapshot, PreTrade
-from .recent import DigestSet, Finished
+from .recent import DigestSet, Finished, digest
 
 __all__ = ["ExecutionNode", "ExecutionConfig"]
 
@@ -390,8 +390,13 @@ class ExecutionNode(Node):
         if coid != intent.client_order_id:
             intent = intent._replace(client_order_id=coid)
         o = self.orders.get(coid)
-        if o is None and coid in self.known:
-            o = self._from_journal(coid)        # an old, finished order that left memory
+        known = None
+        if o is None:
+            d = digest(coid)                    # once: the membership test and the add below
+            if d in self.known:
+                o = self._from_journal(coid)    # an old, finished order that left memory
+            else:
+                known = d
         if o is not None:
             self.c["duplicates"] += 1
             if not same_intent(o, intent):
@@ -403,7 +408,10 @@ class ExecutionNode(Node):
         self.c["submits"] += 1
         o = OrderState.from_intent(intent, self.conf.venue, now)
         self.orders[coid] = o
-        self.known.add(coid)
+        if known is not None:
+            self.known.add(known, new=True)
+        else:
+            self.known.add(coid)
         self.journal.order(o, now)                       # the intent, before anything else
         self._emit(topics.ORDER_NEW, o.to_proto(), now)
         bad = validate_intent(intent, self.mesh.spec(intent.product)) or self._reduce_only_violation(intent)

@@ -35,9 +35,11 @@ class DigestSet:
         self._recent: set = set()
         self._n = 0
 
-    def add(self, s: str):
-        d = digest(s)
-        if d in self:
+    def add(self, s, new: bool = False):
+        """Add an id (or its ``digest``); ``new``: the caller just found it absent (``in``), so
+        it is not looked up again."""
+        d = s if type(s) is int else digest(s)
+        if not new and d in self:
             return
         self._recent.add(d)
         self._n += 1
