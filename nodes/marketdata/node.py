@@ -77,6 +77,9 @@ class MarketDataNode(Node):
         # per product, in the heartbeat: the metrics node exports these instead of counting every
         # tick and trade on the bus itself
         self.per_product = {f"{k}.{p}": 0 for p in self.products for k in ("ticks", "trades")}
+        # per product: its md.tick/md.trade/md.book topics and its two per_product keys
+        self._topics = {p: (topics.MD_TICK + p, topics.MD_TRADE + p, topics.MD_BOOK + p, f"ticks.{p}",
+                            f"trades.{p}") for p in self.products}
         self.last_error_frame = ""
         self._book_period = 1.0 / c.book_publish_hz if c.book_publish_hz > 0 else 0.0
         self._book_period_ns = int(self._book_period * 1e9)
@@ -179,23 +182,22 @@ class MarketDataNode(Node):
             if self.fc["feed_unknown_channels"] <= 5:
                 self.log.info("ignoring unknown channel %r on %s", ev.channel[:40], ev.conn)
 
-    def _product_ok(self, p) -> bool:
-        if p in self._known:
-            return True
-        self.fc["feed_other_products"] += 1
-        return False
-
-    def _touch(self, p):
-        h = self.health[p]
+    def _arrived(self, p) -> bool:
+        """A message for product ``p``: False (counted) if not one of ours, else its health is
+        touched (the time of its last message; synced once no snapshot is required)."""
+        h = self.health.get(p)
+        if h is None:
+            self.fc["feed_other_products"] += 1
+            return False
         h.last_msg = self.clock()
         if not h.synced and not self.require_snapshot and self.connected:
             self._synced(p)
+        return True
 
     def _on_tick(self, ev):
         p = ev.product
-        if not self._product_ok(p):
+        if not self._arrived(p):
             return
-        self._touch(p)
         bid, bid_size, ask, ask_size = ev.bid, ev.bid_size, ev.ask, ev.ask_size
         if bid is None:
             b = self.books[p]
@@ -204,25 +206,24 @@ class MarketDataNode(Node):
                 self.fc["ticks_without_bbo"] += 1
                 return
             (bid, bid_size), (ask, ask_size) = bb, ba
-        self.publish(topics.MD_TICK + p, Tick(p, ev.price, bid, bid_size, ask, ask_size, ev.volume_24h),
-                     ev.ts_event, ev.ts_recv)
+        t = self._topics[p]
+        self.publish(t[0], Tick(p, ev.price, bid, bid_size, ask, ask_size, ev.volume_24h), ev.ts_event, ev.ts_recv)
         self.fc["ticks"] += 1
-        self.per_product["ticks." + p] += 1
+        self.per_product[t[3]] += 1
 
     def _on_trade(self, ev):
         p = ev.product
-        if not self._product_ok(p):
+        if not self._arrived(p):
             return
-        self._touch(p)
-        self.publish(topics.MD_TRADE + p, Trade(p, ev.trade_id, ev.price, ev.size, ev.side), ev.ts_event, ev.ts_recv)
+        t = self._topics[p]
+        self.publish(t[1], Trade(p, ev.trade_id, ev.price, ev.size, ev.side), ev.ts_event, ev.ts_recv)
         self.fc["trades"] += 1
-        self.per_product["trades." + p] += 1
+        self.per_product[t[4]] += 1
 
     def _on_l2(self, ev):
         p = ev.product
-        if not self._product_ok(p):
+        if not self._arrived(p):
             return
-        self._touch(p)
         book = self.books[p]
         if ev.snapshot:
             book.snapshot(ev.bids, ev.asks, ev.ts_event, ev.ts_recv)
@@ -392,7 +393,7 @@ class MarketDataNode(Node):
     def _publish_book(self, p):
         book = self.books[p]
         bids, asks = book.top(self.conf.book_depth)
-        self.publish(topics.MD_BOOK + p, Book(p, bids, asks), book.ts_event, book.ts_recv)
+        self.publish(self._topics[p][2], Book(p, bids, asks), book.ts_event, book.ts_recv)
         book.dirty = False
         h = self.health[p]
         h.book_pub_event = book.ts_event
