@@ -10,13 +10,15 @@ wrong book.
 """
 from bisect import bisect_left, insort
 from decimal import Decimal
+from operator import itemgetter
 
 _ZERO = Decimal(0)
+_PRICE, _SIZE = itemgetter(0), itemgetter(1)
 
 
 class L2Book:
     __slots__ = ("product", "bids", "asks", "_bid_px", "_ask_px", "valid", "ts_event", "ts_recv",
-                 "updates", "dirty")
+                 "updates", "dirty", "_snap")
 
     def __init__(self, product: str):
         self.product = product
@@ -29,23 +31,36 @@ class L2Book:
         self.ts_recv = 0
         self.updates = 0
         self.dirty = False
+        self._snap = None             # the last snapshot's levels, not yet loaded (see snapshot)
 
     # --- mutation -----------------------------------------------------------------------------------
     def snapshot(self, bids, asks, ts_event: int = 0, ts_recv: int = 0):
-        """Replace the whole book (a repeated price: the last size wins; size 0: no level)."""
-        self.bids = {p: s for p, s in dict(bids).items() if s > _ZERO}
-        self.asks = {p: s for p, s in dict(asks).items() if s > _ZERO}
-        self._bid_px = sorted(self.bids)
-        self._ask_px = sorted(self.asks)
+        """Replace the whole book (a repeated price: the last size wins; size 0: no level).
+
+        The levels are loaded (dicts, sorted prices) when the book is next read or updated: a
+        replay feeds a snapshot per recorded book and most are replaced before anything but
+        ``crossed()`` looks at them (the node publishes books at ``book_publish_hz``). The book
+        keeps the two sequences it is given until then: the caller must not change them."""
+        self._snap = (bids, asks)
         self.valid = True
         self.ts_event, self.ts_recv = ts_event, ts_recv
         self.updates += 1
         self.dirty = True
 
+    def _load(self):
+        bids, asks = self._snap
+        self._snap = None
+        self.bids = {p: s for p, s in dict(bids).items() if s > _ZERO}
+        self.asks = {p: s for p, s in dict(asks).items() if s > _ZERO}
+        self._bid_px = sorted(self.bids)
+        self._ask_px = sorted(self.asks)
+
     def update(self, bids, asks, ts_event: int = 0, ts_recv: int = 0) -> bool:
         """Apply absolute level sizes. Returns False (and changes nothing) on an invalid book."""
         if not self.valid:
             return False
+        if self._snap is not None:
+            self._load()
         _apply(self.bids, self._bid_px, bids)
         _apply(self.asks, self._ask_px, asks)
         self.ts_event, self.ts_recv = ts_event, ts_recv     # the time of the last change
@@ -56,18 +71,23 @@ class L2Book:
     def invalidate(self):
         """Forget the book (it can no longer be trusted): wait for the next snapshot."""
         self.valid = False
+        self._snap = None
         self.bids, self.asks, self._bid_px, self._ask_px = {}, {}, [], []
         self.dirty = False
 
     # --- queries --------------------------------------------------------------------------------------
     def best_bid(self):
         """``(price, size)`` or None."""
+        if self._snap is not None:
+            self._load()
         if not self._bid_px:
             return None
         p = self._bid_px[-1]
         return p, self.bids[p]
 
     def best_ask(self):
+        if self._snap is not None:
+            self._load()
         if not self._ask_px:
             return None
         p = self._ask_px[0]
@@ -75,16 +95,27 @@ class L2Book:
 
     def crossed(self) -> bool:
         """Best bid at or above best ask: the book is wrong (a missed update)."""
+        snap = self._snap
+        if snap is not None:
+            bids, asks = snap
+            # a snapshot with every size positive: its best levels without loading it
+            if bids and asks and min(map(_SIZE, bids)) > _ZERO and min(map(_SIZE, asks)) > _ZERO:
+                return max(map(_PRICE, bids)) >= min(map(_PRICE, asks))
+            self._load()
         return bool(self._bid_px and self._ask_px and self._bid_px[-1] >= self._ask_px[0])
 
     def top(self, n: int):
         """``(bids, asks)``: up to n ``[price, size]`` levels per side, best first."""
+        if self._snap is not None:
+            self._load()
         bp = self._bid_px
         bids = [[p, self.bids[p]] for p in reversed(bp[-n:])] if bp else []
         asks = [[p, self.asks[p]] for p in self._ask_px[:n]]
         return bids, asks
 
     def depth(self):
+        if self._snap is not None:
+            self._load()
         return len(self._bid_px), len(self._ask_px)
 
 

@@ -63,3 +63,28 @@ def test_matches_a_reference_dict_model(snap, ups, n):
     assert b.depth() == (len(ref[True]), len(ref[False]))
     crossed = bool(ref[True] and ref[False] and max(ref[True]) >= min(ref[False]))
     assert b.crossed() == crossed
+
+
+@settings(max_examples=300, deadline=None)
+@given(bids=st.lists(st.tuples(_px, _sz), max_size=8), asks=st.lists(st.tuples(_px, _sz), max_size=8),
+       as_lists=st.booleans())
+def test_a_snapshot_read_before_it_is_loaded_answers_as_a_loaded_one(bids, asks, as_lists):
+    """snapshot() keeps the levels until the book is read; crossed() answers from them when it can
+    (every size positive). Repeated prices, zero sizes, empty sides and [price, size] lists (a
+    replayed Book's) give the same answers as the loaded book."""
+    if as_lists:
+        bids, asks = [list(lv) for lv in bids], [list(lv) for lv in asks]
+    lazy, loaded = L2Book("L"), L2Book("M")
+    lazy.snapshot(bids, asks)
+    loaded.snapshot(bids, asks)
+    loaded.depth()                                  # loads it
+    assert lazy.crossed() == loaded.crossed()
+    assert (lazy.best_bid(), lazy.best_ask(), lazy.top(5), lazy.depth()) == \
+        (loaded.best_bid(), loaded.best_ask(), loaded.top(5), loaded.depth())
+    lazy.snapshot(bids, asks)                       # a pending snapshot, then an update
+    assert lazy.update([(D(1), D(2))], [])
+    loaded.update([(D(1), D(2))], [])
+    assert lazy.top(10) == loaded.top(10)
+    lazy.snapshot(bids, asks)
+    lazy.invalidate()                               # a pending snapshot is dropped
+    assert not lazy.valid and lazy.top(3) == ([], []) and not lazy.crossed()
