@@ -134,6 +134,10 @@ class Engine:
         target's ROUTER, a reply the requesters' DEALERs. (inproc delivers before send returns.)"""
         publish, request, send_reply = n.publish, n.request, n._send_reply
         routes, sub_dirty, nodes = self._routes, self._sub_dirty, self.nodes
+        if n.pub is not None:
+            # the publish socket's send without pyzmq's Python layer (frames are bytes, no
+            # tracking, no routing id): 0.19 us a send instead of 0.70
+            n._send = zmq.backend.Socket.send.__get__(n.pub)
 
         if self.direct:
             import collections

@@ -27,6 +27,7 @@ import glob
 import heapq
 import itertools
 import json
+import mmap
 import re
 import threading
 import time
@@ -191,15 +192,13 @@ class ReplaySource:
     @staticmethod
     def _file_has_raw(path) -> bool:
         # a file without the tag anywhere holds no RawFrame record: no need to parse it twice
-        tag, tail = b"RawFrame", b""
         with open(path, "rb") as f:
-            while True:
-                chunk = f.read(1 << 22)
-                if not chunk:
-                    return False
-                if tag in tail + chunk:
-                    break
-                tail = chunk[-len(tag):]
+            try:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    if m.find(b"RawFrame") < 0:
+                        return False
+            except ValueError:              # an empty file cannot be mapped
+                return False
         for env in jsonl.read(path):
             if type(env.msg) is proto.RawFrame:
                 return True
