@@ -72,7 +72,7 @@ class Engine:
         self.passes = 0
         self.unrouted = 0                  # quiet checks that found something no hook routed
         self.unrouted_at_start = 0
-        self.unrouted_running = 0          # between the start and the stop: 0 unless --bridge took requests
+        self.unrouted_running = 0          # found by the polls between the start and the stop: 0 in a correct mesh
         self._steady = False               # started: the poll runs at every POLL_EVERY-th quiet point
         self._due = 0.0                    # no timer of any node is due before this (market s)
         self._quiet = 0                    # quiet points reached while steady
