@@ -12,9 +12,7 @@ fail closed) -> ``risk.decision`` -> journal "sent" and fsync -> the venue. Noth
 another node. Venue events (accepted, fills, cancels) go through the state machine in
 ``orders.py``; each change is journaled, then published (``Fill`` on ``fill.P``, the whole ``Order``
 on ``order.<status>``, ``Position`` on ``position.P``, ``PnL`` on ``pnl``, ``RiskExposure`` on
-``risk.exposure``; positions and PnL also every ``pnl_interval_s``). Once journaled, the fills of a
-handler's work are published first, then its other events in the order they happened (an order's
-``fill.P`` can reach a subscriber before its ``order.new``). An engaged kill switch cancels
+``risk.exposure``; positions and PnL also every ``pnl_interval_s``). An engaged kill switch cancels
 every working order; with ``risk.flatten_on_halt`` a HALTED state sends reduce-only market exits
 for every position (again every ``FLATTEN_RETRY_S`` until flat). On start the journal rebuilds
 orders and positions (paper: resting orders go back on the paper book; Coinbase: the venue
