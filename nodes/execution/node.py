@@ -79,7 +79,6 @@ class ExecutionNode(Node):
         self._flatten_sent = {}              # product -> clock time of the last exit sent
         self._exposure_key = None
         self._out: list = []                 # (topic, msg, ts) waiting for the journal sync
-        self._out_fills: list = []           # the same for fills, published before the rest
         self._dirty: set = set()             # products whose Position changed
         self._cancel_why: dict = {}          # coid -> (code, reason) of a requested cancel
         self._jitter = random.Random(c.paper_seed)
@@ -687,7 +686,7 @@ class ExecutionNode(Node):
         self._strategy_fill(o.strategy, fill)
         self.recent_fills.append(fill.fill_id)
         self.journal.fill(o, fill, ts)
-        self._out_fills.append((topics.fill(o.product), fill, ts))
+        self._emit(topics.fill(o.product), fill, ts)
         self._emit(topics.ORDER_STATUS_TOPIC[order.status], order, ts)
         self._dirty.add(o.product)
         return accepted
@@ -713,17 +712,9 @@ class ExecutionNode(Node):
         self._out.append((topic, msg, ts))
 
     def _commit(self, pnl: bool = False, sync: bool = True):
-        """Journal first (fsync), then the world hears about it: the fills first (what a strategy
-        and the tick-to-trade path wait for), then every other event in the order it happened
-        (``order.new``, ``risk.decision``, ``order.accepted``, ``order.filled`` ...), positions,
-        PnL and exposure. Each publish wakes subscribers that compete for the cpus; a fill
-        published behind seven other events left ~150-250 us later on a 2-cpu machine."""
+        """Journal first (fsync), then the world hears about it."""
         if sync:
             self.journal.sync()
-        if self._out_fills:
-            fills, self._out_fills = self._out_fills, []
-            for topic, msg, ts in fills:
-                self._publish_safe(topic, msg, ts)
         out, self._out = self._out, []
         for topic, msg, ts in out:
             self._publish_safe(topic, msg, ts)
