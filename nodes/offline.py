@@ -348,7 +348,7 @@ def _window(args, cfg, md, prefetch=None):
     end = args.end_ns
     if end is None and args.market_hours is not None:
         end = start + int(args.market_hours * HOUR_NS)
-    gen = md.source.batches(stamp=lambda ts: ts)
+    gen = md.source.batches(stamp=lambda ts: ts, prefetch=prefetch)
     if args.start_ns is not None:
         gen = ((ts, b) for ts, b in gen if ts == 0 or ts >= start or type(b[-1]).__name__ == "ReplayDone")
     return start, end, gen
@@ -374,6 +374,12 @@ def _run(args, cfg, cpus, why) -> int:
         src = SyntheticSource(mdc, cfg.mesh.products, None, _log.get("marketdata"),
                               specs=cfg.mesh.product_specs, raw=mdc.store_raw)
         prefetch = Prefetch(src, _synthetic_window(args)[0], STEP_NS, 1.0)
+    elif mdc.source == "replay":
+        # the recording is read and parsed by a helper process on the other cpu, a chunk ahead
+        from .marketdata import replay
+        src = replay.ReplaySource(mdc, cfg.mesh.products, None, _log.get("marketdata"),
+                                  replay.resolve(mdc.replay_file))
+        prefetch = replay.Prefetch(src)
     ctx = zmq.Context()
     stop_ev = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -28,6 +28,7 @@ import heapq
 import itertools
 import json
 import mmap
+import os
 import re
 import threading
 import time
@@ -156,8 +157,9 @@ class ReplaySource:
         self.products = set(products)
         self.emit = emit
         self.log = log
-        self.path = path
         self.paths = resolve(path)
+        # what the logs and Query("replay") name: the spec as given, or the files it resolved to
+        self.path = path if isinstance(path, (str, Path)) else ", ".join(str(p) for p in self.paths)
         self.speed = conf.speed
         self.batch = BATCH
         self._stop = threading.Event()
@@ -204,15 +206,48 @@ class ReplaySource:
                 return True
         return False
 
-    def batches(self, stamp=None):
-        """Generator of ``(ts_event, events)``, one record at a time, in file order (merged by
-        exchange time across recordings), ending with ``ReplayDone``. No thread, no wait: the
-        offline engine pulls it on the market clock. ``stamp(ts_event)`` gives the events'
-        ``ts_recv`` (default: the wall clock when the record is read)."""
+    def decide_mode(self):
+        """``mode``: "raw" when a file holds RawFrame records, else "events" (``error`` set when
+        the files cannot be read)."""
+        if self.mode or self.error:
+            return
         try:
             self.mode = "raw" if self._has_raw() else "events"
         except (OSError, proto.DecodeError) as e:
             self.error = str(e)
+
+    def records_read(self, catch: bool = False):
+        """What ``batches()`` consumes, per record of the files in order: ``(type, record,
+        ts_event, ts_recv)`` for a record the mode uses, else ``(1, ts)`` (a record skipped, and
+        its time: the replay's end is the last record's). With ``catch`` (a ``Prefetch``'s helper
+        process) a failed read ends with ``("error", kind, message, None)`` instead of raising."""
+        raw_mode = self.mode == "raw"
+        products = self.products
+        tick, trade, book, rawf = proto.Tick, proto.Trade, proto.Book, proto.RawFrame
+        try:
+            for env in read_events(self.paths):
+                msg = env.msg
+                t = type(msg)
+                if (t is rawf) if raw_mode else ((t is tick or t is trade or t is book) and msg.product in products):
+                    yield (t, msg, env.ts_event, env.ts_recv)
+                else:
+                    yield (1, env.ts_event or env.ts_recv)
+        except (OSError, proto.DecodeError) as e:
+            if not catch:
+                raise
+            yield ("error", "decode", str(e), None)
+        except Exception as e:  # noqa: BLE001 - handed to batches() in the parent, which reports it
+            if not catch:
+                raise
+            yield ("error", "other", f"{type(e).__name__}: {e}", None)
+
+    def batches(self, stamp=None, prefetch=None):
+        """Generator of ``(ts_event, events)``, one record at a time, in file order (merged by
+        exchange time across recordings), ending with ``ReplayDone``. No thread, no wait: the
+        offline engine pulls it on the market clock. ``stamp(ts_event)`` gives the events'
+        ``ts_recv`` (default: the wall clock when the record is read). ``prefetch``: a
+        ``Prefetch`` of this source, whose helper process reads and parses the files."""
+        self.decide_mode()
         self.log.info("replaying %s (%d file%s, %s mode, speed %s)", self.path, len(self.paths),
                       "" if len(self.paths) == 1 else "s", self.mode or "?", self.conf.replay_speed)
         conn = ""
@@ -225,16 +260,19 @@ class ReplaySource:
             if not raw_mode:
                 conn = "replay"
                 yield 0, [Connected(conn, False)]
-            for env in read_events(self.paths):
+            for item in (prefetch if prefetch is not None else self.records_read()):
+                if len(item) == 2:                     # records skipped, the last one's time
+                    n, ts = item
+                    self.records += n
+                    self.skipped += n
+                    continue
+                t, msg, ts_event, ts_recv = item
+                if t == "error":                        # the helper process's read failed
+                    raise (proto.DecodeError if msg == "decode" else _ReadFailed)(ts_event)
                 self.records += 1
-                msg = env.msg
-                t = type(msg)
-                ts = env.ts_event or env.ts_recv
+                ts = ts_event or ts_recv
                 now = stamp(ts) if stamp is not None else time.time_ns()
                 if raw_mode:
-                    if t is not proto.RawFrame:
-                        self.skipped += 1
-                        continue
                     batch = []
                     if msg.connection != conn:
                         if conn:
@@ -246,23 +284,24 @@ class ReplaySource:
                         norm = norms[conn] = Normalizer(conn)
                     batch.extend(norm.feed(msg.data, now))
                     self.used += 1
-                    yield env.ts_recv or ts, batch
-                elif t is proto.Tick and msg.product in self.products:
+                    yield ts_recv or ts, batch
+                elif t is proto.Tick:
                     self.used += 1
                     yield ts, [TickEv(msg.product, msg.price, msg.bid, msg.bid_size, msg.ask, msg.ask_size,
-                                      msg.volume_24h, env.ts_event, now)]
-                elif t is proto.Trade and msg.product in self.products:
+                                      msg.volume_24h, ts_event, now)]
+                elif t is proto.Trade:
                     self.used += 1
-                    yield ts, [TradeEv(msg.product, msg.trade_id, msg.price, msg.size, msg.side, env.ts_event, now)]
-                elif t is proto.Book and msg.product in self.products:
+                    yield ts, [TradeEv(msg.product, msg.trade_id, msg.price, msg.size, msg.side, ts_event, now)]
+                else:                                   # a Book
                     self.used += 1
                     # [price, size] pairs as decoded (fresh lists, nothing else holds them)
-                    yield ts, [L2Ev(msg.product, True, msg.bids, msg.asks, env.ts_event, now)]
-                else:
-                    self.skipped += 1
+                    yield ts, [L2Ev(msg.product, True, msg.bids, msg.asks, ts_event, now)]
         except (OSError, proto.DecodeError) as e:
             self.error = str(e)[:300]
             self.log.error("replay of %s stopped: %s", self.path, self.error)
+        except _ReadFailed as e:
+            self.error = str(e)[:300]
+            self.log.error("replay of %s failed: %s", self.path, self.error)
         except Exception as e:  # noqa: BLE001 - report it, and still tell the node the replay ended
             self.error = f"{type(e).__name__}: {e}"[:300]
             self.log.exception("replay of %s failed", self.path)
@@ -295,3 +334,105 @@ class ReplaySource:
                 if not self.emit(batch, wait=True):
                     return
                 batch = []
+
+
+class _ReadFailed(Exception):
+    """A replay's helper process failed to read the files (its message names the error)."""
+
+
+class Prefetch:
+    """``ReplaySource.records_read()`` run by a helper process a chunk ahead of ``batches()``, so
+    the recording is read, merged and parsed into records (JSON, validation, Decimals) on the
+    other cpu while the offline engine runs the mesh on this one, as the synthetic market is
+    simulated (``synthetic.Prefetch``).
+
+    Deterministic: the records arrive in the order the files give them, whatever the timing; the
+    helper stays at most two chunks ahead (memory stays flat). A record crosses the pipe as its
+    wire frame (the helper validated it; the parent's C decoder builds it again, at ~7 us a record
+    against ~10 us to parse its JSON line; unpickling records cost more than that). A read error
+    reaches ``batches()`` at the record where it happened, with the same message. Start it before
+    the process makes threads or ZeroMQ sockets (it forks)."""
+
+    def __init__(self, source: ReplaySource, chunk: int = 1000):
+        import multiprocessing as mp
+        source.decide_mode()
+        self.chunk = chunk
+        ctx = mp.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=self._child, args=(child, source), daemon=True,
+                                 name="md-replay-prefetch")
+        self._proc.start()
+        child.close()
+        self._conn.send(True)                # ask for chunk 0 ...
+        self._conn.send(True)                # ... and chunk 1
+
+    def _child(self, conn, source):
+        from .synthetic import leave_my_cpus
+        leave_my_cpus()
+        try:
+            items, skipped, last = [], 0, 0
+            encode = proto.Encoder("replay").encode
+            if not source.error:
+                for item in source.records_read(catch=True):
+                    if len(item) == 2:           # a run of skipped records travels as one
+                        skipped += 1
+                        last = item[1]
+                        continue
+                    if skipped:
+                        items.append((skipped, last))
+                        skipped = 0
+                    t, msg, ts_event, ts_recv = item
+                    frame = None
+                    if t != "error" and ts_event and ts_recv:
+                        # a wire frame: bytes cross the pipe as they are, and the parent's C
+                        # decoder builds the record (cheaper than unpickling one)
+                        try:
+                            frame = encode("r", msg, ts_event, ts_recv)
+                        except proto.EncodeError:
+                            pass
+                    items.append(item if frame is None else frame)
+                    if len(items) >= self.chunk:
+                        if not conn.recv():
+                            return
+                        conn.send(items)
+                        items = []
+            if skipped:
+                items.append((skipped, last))
+            if items and conn.recv():
+                conn.send(items)
+            conn.send(None)                  # the end
+        except (EOFError, BrokenPipeError, KeyboardInterrupt):
+            pass
+        finally:
+            conn.close()
+            os._exit(0)                      # no atexit, no finalizers of the parent's objects
+
+    def __iter__(self):
+        while True:
+            try:
+                chunk = self._conn.recv()
+            except EOFError:
+                raise _ReadFailed("the replay's helper process ended") from None
+            if chunk is None:
+                return
+            try:
+                self._conn.send(True)        # the chunk after next, while this one is consumed
+            except (BrokenPipeError, OSError):
+                pass                         # the helper has sent its last chunk and ended
+            decode = proto.decode
+            for item in chunk:
+                if type(item) is bytes:
+                    env = decode(item)
+                    yield (type(env.msg), env.msg, env.ts_event, env.ts_recv)
+                else:
+                    yield item
+
+    def close(self):
+        try:
+            self._conn.send(False)
+        except (OSError, BrokenPipeError):
+            pass
+        self._conn.close()
+        self._proc.join(2)
+        if self._proc.is_alive():
+            self._proc.kill()

@@ -588,6 +588,18 @@ class SyntheticSource:
             self.emit([Disconnected(self.conn, "synthetic source stopped")])
 
 
+def leave_my_cpus():
+    """A helper process moves off the cpus its parent runs on when the machine has others (the
+    point of a helper is parallelism)."""
+    try:
+        mine = os.sched_getaffinity(0)
+        others = set(range(os.cpu_count() or 1)) - mine
+        if others:
+            os.sched_setaffinity(0, others)
+    except OSError:
+        pass
+
+
 class Prefetch:
     """``SyntheticSource.frames()`` run by a helper process a chunk ahead of its consumer, so the
     market is simulated on the other cpu while the offline engine runs the mesh on this one.
@@ -612,14 +624,7 @@ class Prefetch:
         self._conn.send([])                  # ... and chunk 1
 
     def _child(self, conn, start_ns, step_ns, sim_dt):
-        # off the cpus the parent runs on when the machine has others (the point is parallelism)
-        try:
-            mine = os.sched_getaffinity(0)
-            others = set(range(os.cpu_count() or 1)) - mine
-            if others:
-                os.sched_setaffinity(0, others)
-        except OSError:
-            pass
+        leave_my_cpus()
         gen = self.source.frames(start_ns, step_ns, sim_dt)
         src = self.source
         try:

@@ -118,3 +118,72 @@ def test_a_replay_source_refuses_a_path_that_names_nothing(tmp_path):
     conf = MarketDataConfig(source="replay", replay_file="x", replay_speed="max")
     with pytest.raises(ConfigError, match="marketdata.replay_file"):
         ReplaySource(conf, ["BTC-USD"], lambda b, wait=False: True, logging.getLogger("test"), tmp_path / "none-*.jsonl")
+
+
+def _all_batches(paths, products, prefetch_chunk=None, raw=False):
+    """Every (ts, events) batch of a driven replay, inline or through a Prefetch of ``chunk``."""
+    from nodes.marketdata.replay import Prefetch
+    conf = MarketDataConfig(source="replay", replay_file=str(paths[0]))
+    src = ReplaySource(conf, products, None, logging.getLogger("test"), paths)
+    pre = Prefetch(src, chunk=prefetch_chunk) if prefetch_chunk else None
+    try:
+        out = list(src.batches(stamp=lambda ts: ts, prefetch=pre))
+    finally:
+        if pre is not None:
+            pre.close()
+    return out, (src.records, src.used, src.skipped, src.error, src.mode)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
+def test_a_prefetched_replay_is_the_inline_replay(store, tmp_path, chunk):
+    """The helper process reads, merges and parses what batches() would: the same batches in the
+    same order, the same counts, whatever the chunk size (records of other types and products
+    skipped in runs; a rotated set and a second recording merged by exchange time)."""
+    files = resolve(store)
+    extra = [proto.Envelope("md.status.BTC-USD", 1, "marketdata", 1, T0 + 1, T0 + 1,
+                            proto.FeedStatus("BTC-USD", True, "OK", "", 0.1)),
+             proto.Envelope("md.tick.SOL-USD", 2, "marketdata", 1, T0 + 2, T0 + 2,
+                            proto.Tick("SOL-USD", D("1"), D("1"), D("1"), D("1.01"), D("1"), D("5")))]
+    tail = proto.Envelope("md.status.BTC-USD", 3, "marketdata", 2, T0 + 99, T0 + 99,
+                          proto.FeedStatus("BTC-USD", True, "OK", "", 0.1))
+    mixed = _write(tmp_path / "mixed.jsonl", extra + [_trade("BTC-USD", 50 + i, T0 + 3 + i) for i in range(5)] + [tail])
+    for paths in (files, [mixed]):
+        want = _all_batches(paths, ("BTC-USD", "ETH-USD"))
+        assert want[1][1] > 0
+        if paths == [mixed]:                # the end is the last record's time, a skipped one's here
+            assert want[0][-1][0] == T0 + 99 and want[1][:3] == (8, 5, 3)
+        assert _all_batches(paths, ("BTC-USD", "ETH-USD"), prefetch_chunk=chunk) == want
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_a_prefetched_replay_stops_at_a_bad_line_with_the_inline_error(tmp_path, chunk):
+    good = [jsonl.dumps(_trade("BTC-USD", i, T0 + i)) for i in range(1, 6)]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(good[:3] + ['{"topic":"md.trade.BTC-USD","type":"Trade"'] + good[3:]) + "\n")
+    want = _all_batches([path], ("BTC-USD",))
+    assert want[1][:3] == (3, 3, 0) and "bad.jsonl:4" in want[1][3]
+    assert _all_batches([path], ("BTC-USD",), prefetch_chunk=chunk) == want
+
+
+def test_a_prefetched_raw_replay_is_the_inline_replay(tmp_path):
+    """A recording with RawFrame records replays its frames through a Normalizer of their
+    connection, prefetched or not; its normalised records are skipped."""
+    frames = [
+        {"channel": "ticker", "client_id": "", "timestamp": "2026-11-01T00:00:00.000001Z", "sequence_num": i,
+         "events": [{"type": "update", "tickers": [{"type": "ticker", "product_id": "BTC-USD", "price": f"650{i:02d}.5",
+                                                     "volume_24_h": "10", "best_bid": f"650{i:02d}.4",
+                                                     "best_bid_quantity": "1", "best_ask": f"650{i:02d}.6",
+                                                     "best_ask_quantity": "2"}]}]}
+        for i in range(6)]
+    envs = []
+    for i, f in enumerate(frames):
+        conn = "ws-1" if i < 3 else "ws-2"
+        envs.append(proto.Envelope("raw.coinbase", i, "marketdata", i + 1, T0 + i, T0 + i,
+                                   proto.RawFrame(conn, json.dumps(f, separators=(",", ":")))))
+        envs.append(_trade("BTC-USD", 10 + i, T0 + i))
+    path = _write(tmp_path / "raw.jsonl", envs)
+    want = _all_batches([path], ("BTC-USD",))
+    assert want[1][4] == "raw" and want[1][1] == 6 and want[1][2] == 6
+    assert any(type(e) is TickEv for _, b in want[0] for e in b)
+    for chunk in (1, 4, 1000):
+        assert _all_batches([path], ("BTC-USD",), prefetch_chunk=chunk) == want

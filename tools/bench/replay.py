@@ -6,7 +6,8 @@
 2. That file is replayed through the whole offline mesh as ``python -m nodes.offline --source
    replay:FILE`` runs it: every node (store, risk, execution, strategy with the default SMA plugin,
    metrics, alerts, marketdata and the offline summary node) driven by one thread on the market
-   clock (``nodes.engine``), over inproc. The clock runs from the first event fed until the
+   clock (``nodes.engine``), over inproc; the recording is read and parsed by a helper process on
+   the other cpu (``nodes.marketdata.replay.Prefetch``), as offline mode does. The clock runs from the first event fed until the
    engine has fed the last one and the mesh is quiet (everything handled everywhere).
    ``ticks_per_s`` = market events replayed (Tick, Trade and Book records) per second.
 3. ``direct_per_s``: the same replay with the bus taken out: every event a node publishes reaches
@@ -20,6 +21,7 @@
 ``ratio`` = ticks_per_s / raw_per_s (target >= 0.12). Bus gaps (events a slow subscriber lost at
 its high-water mark) are printed; a run with gaps did not keep up.
 """
+import logging
 import threading
 import time
 from pathlib import Path
@@ -127,21 +129,28 @@ def replay_mesh(tmp: Path, path: Path, expect: int, direct: bool = False) -> dic
     """The whole offline mesh on ``path``, driven by the engine; returns the figures of one run."""
     from nodes.engine import Engine, MarketClock
     from nodes.offline import OFFLINE_CADENCE, Summary, _first_ts, available_nodes
+    from nodes.marketdata import replay as md_replay
     cfg = replay_conf(tmp, path)
     for section, keys in OFFLINE_CADENCE.items():          # as python -m nodes.offline runs it
         cfg = cfg.replace(section, **keys)
+    mdc = cfg.section("marketdata")
+    # as python -m nodes.offline runs it: the recording read and parsed by a helper process (it
+    # forks: before this process has a ZeroMQ context)
+    src = md_replay.ReplaySource(mdc, cfg.mesh.products, None, logging.getLogger("tickmesh.marketdata"),
+                                 md_replay.resolve(mdc.replay_file))
+    prefetch = md_replay.Prefetch(src)
     ctx = zmq.Context()
     nodes = {name: cls.from_config(cfg, context=ctx) for name, cls in available_nodes()}
     md = nodes["marketdata"]
     md.driven_source = True
     summary = Summary(cfg.mesh, context=ctx)
-    md.source = md._make_source()
+    md.source = src
     clock = MarketClock(_first_ts(md.source))
     engine = Engine(list(nodes.values()) + [summary], clock, direct=direct)
     try:
         engine.start()
         t0 = time.monotonic()
-        why = engine.run(md, md.source.batches(stamp=lambda ts: ts))
+        why = engine.run(md, md.source.batches(stamp=lambda ts: ts, prefetch=prefetch))
         t1 = time.monotonic()
         if why != "source" or not md.fc["replay_done"]:
             raise RuntimeError(f"replay: the replay did not finish ({why})")
@@ -152,6 +161,7 @@ def replay_mesh(tmp: Path, path: Path, expect: int, direct: bool = False) -> dic
         killswitch = summary.killswitch_engaged and summary.killswitch_reason
     finally:
         engine.stop()               # the store's writer finishes its queue
+        prefetch.close()
         ctx.term()
     w = nodes["store"].writer
     return {"secs": t1 - t0, "used": rep.get("used", 0), "gaps": gaps, "stored": w.stored if w else 0,
