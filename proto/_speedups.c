@@ -727,6 +727,140 @@ slow:
     return PyObject_CallFunctionObjArgs(fb, v, name, NULL);
 }
 
+/* --- record_in: a record's body (a list of wire values) -> the record ------------------------------
+ *
+ * The generated Python decoder (proto.messages._compile's ``dec``) in C, for records whose fields
+ * are all Decimal (D), str (S), int (I), bool (B), float (F) or book levels (L), upper case
+ * required, lower case optional (None allowed): the same checks (exact types; an int becomes a
+ * float for a float field), Decimals through the same DECIMALS cache. Anything it does not take
+ * raises (ValueError, or the cache's error); its callers then run the Python decoder, which
+ * accepts the same values or names the bad field. */
+
+static PyObject *
+dec_lookup(PyObject *cache, PyObject *key)
+{
+    PyObject *d = PyDict_GetItemWithError(cache, key);      /* borrowed; a hit */
+    if (d != NULL)
+        return Py_NewRef(d);
+    if (PyErr_Occurred())
+        return NULL;
+    return cache_miss(cache, key);
+}
+
+static PyObject *
+levels_plain(PyObject *cache, PyObject *v)
+{
+    if (!PyList_CheckExact(v))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(v);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *lv = PyList_GET_ITEM(v, k);
+        if (!PyList_CheckExact(lv) || PyList_GET_SIZE(lv) != 2)
+            goto bad;
+        PyObject *pair = PyList_New(2);
+        if (pair == NULL)
+            goto bad;
+        PyList_SET_ITEM(out, k, pair);
+        for (int j = 0; j < 2; j++) {
+            PyObject *key = PyList_GET_ITEM(lv, j);
+            if (!PyUnicode_CheckExact(key))
+                goto bad;
+            PyObject *d = dec_lookup(cache, key);
+            if (d == NULL)
+                goto bad;
+            PyList_SET_ITEM(pair, j, d);
+        }
+    }
+    return out;
+bad:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *
+record_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "record_in(cls, kinds, cache, body)");
+        return NULL;
+    }
+    PyObject *cls = args[0], *kinds = args[1], *cache = args[2], *body = args[3];
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) || !PyBytes_Check(kinds)
+        || !PyDict_Check(cache)) {
+        PyErr_SetString(PyExc_TypeError, "record_in(cls, kinds, cache, body): bad arguments");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(kinds);
+    if (!PyList_CheckExact(body) || PyList_GET_SIZE(body) != n) {
+        PyErr_SetString(PyExc_ValueError, "record_in: not a body of this record");
+        return NULL;
+    }
+    const char *k = PyBytes_AS_STRING(kinds);
+    PyObject *rec = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, n);
+    if (rec == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(body, i), *out = NULL;
+        char c = k[i];
+        if (v == Py_None) {
+            if (c < 'a')                   /* required */
+                goto unusual;
+            out = Py_NewRef(Py_None);
+        } else {
+            switch (c | 0x20) {
+            case 'd':
+                if (!PyUnicode_CheckExact(v))
+                    goto unusual;
+                out = dec_lookup(cache, v);
+                break;
+            case 's':
+                if (!PyUnicode_CheckExact(v))
+                    goto unusual;
+                out = Py_NewRef(v);
+                break;
+            case 'i':
+                if (!PyLong_CheckExact(v))
+                    goto unusual;
+                out = Py_NewRef(v);
+                break;
+            case 'b':
+                if (!PyBool_Check(v))
+                    goto unusual;
+                out = Py_NewRef(v);
+                break;
+            case 'f':
+                if (PyFloat_CheckExact(v))
+                    out = Py_NewRef(v);
+                else if (PyLong_CheckExact(v))
+                    out = PyNumber_Float(v);
+                else
+                    goto unusual;
+                break;
+            case 'l':
+                out = levels_plain(cache, v);
+                break;
+            default:
+                goto unusual;
+            }
+            if (out == NULL) {
+                if (!PyErr_Occurred())
+                    goto unusual;
+                goto fail;
+            }
+        }
+        PyTuple_SET_ITEM(rec, i, out);
+    }
+    return rec;
+unusual:
+    PyErr_SetString(PyExc_ValueError, "record_in: a value the Python decoder must judge");
+fail:
+    Py_DECREF(rec);                        /* tp_alloc zeroed the items not set */
+    return NULL;
+}
+
 /* --- store_envelope: a wire frame straight to its store line ----------------------------------------
  *
  * For the store node: a frame whose body holds only exact decimal strings in canonical form (what
@@ -1120,6 +1254,8 @@ static PyMethodDef methods[] = {
      "dump_line(env) -> proto.jsonl.dumps(env); raises Unsupported for what it does not format"},
     {"configure_lines", sp_configure_lines, METH_VARARGS,
      "configure_lines(records, type_parts, encode_basestring_ascii, Decimal, Envelope)"},
+    {"record_in", (PyCFunction)(void (*)(void))record_in, METH_FASTCALL,
+     "record_in(cls, kinds, cache, body) -> the record (raises for anything the Python decoder must judge)"},
     {"levels_in", (PyCFunction)(void (*)(void))levels_in, METH_FASTCALL,
      "levels_in(cache, fallback, v, name) -> [[Decimal, Decimal], ...] (fallback(v, name) when unusual)"},
     {"store_envelope", sp_store_envelope, METH_O,

@@ -17,7 +17,7 @@ from typing import Iterator
 from . import codec
 from .codec import Envelope, envelope_to_plain, record_from_plain
 from .errors import DecodeError
-from .messages import REGISTRY
+from .messages import REGISTRY, field_kinds
 
 log = logging.getLogger("tickmesh.jsonl")
 
@@ -48,26 +48,10 @@ class Line(str):
     __slots__ = ()
 
 
-def _field_kinds(cls):
-    """The field kinds proto._speedups.store_envelope formats, one letter per field (upper case:
-    required, lower case: optional), or None if the record has a field of another kind."""
-    from typing import get_type_hints
-    from .messages import Levels, _field_kind
-    hints = get_type_hints(cls)
-    out = []
-    for f in cls._fields:
-        tp, opt = _field_kind(hints[f])
-        k = {Decimal: "D", str: "S", int: "I", bool: "B", float: "F", Levels: "L"}.get(tp)
-        if k is None:
-            return None
-        out.append(k.lower() if opt else k)
-    return "".join(out).encode("ascii")
-
-
 def _c_store_envelope():
     if dump_line_c is None:
         return None
-    kinds = {tag: k for tag, cls in REGISTRY.items() if (k := _field_kinds(cls)) is not None}
+    kinds = {tag: k for tag, cls in REGISTRY.items() if (k := field_kinds(cls)) is not None}
     codec._SP.configure_store(kinds, Line)
     return codec._SP.store_envelope
 

@@ -278,6 +278,21 @@ def _null(name):
     raise DecodeError(f"{name}: null is not allowed")
 
 
+def field_kinds(cls):
+    """One letter per field of a record for the C paths (proto._speedups): D Decimal, S str,
+    I int, B bool, F float, L book levels; upper case required, lower case optional. None if the
+    record has a field of another kind."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in cls._fields:
+        tp, opt = _field_kind(hints[f])
+        k = {Decimal: "D", str: "S", int: "I", bool: "B", float: "F", Levels: "L"}.get(tp)
+        if k is None:
+            return None
+        out.append(k.lower() if opt else k)
+    return "".join(out).encode("ascii")
+
+
 def message(tag: str):
     """Class decorator: register a NamedTuple message under a wire type tag."""
     def wrap(cls):
@@ -288,7 +303,11 @@ def message(tag: str):
         cls._decode = staticmethod(dec)
         cls._encode = staticmethod(enc)
         # the same decoder without the error-naming wrapper (proto._speedups calls it and, on any
-        # exception, hands the frame to the Python decode, which names the field)
+        # exception, hands the frame to the Python decode, which names the field); in C for the
+        # records of plain fields when the extension is built (it raises for anything unusual)
+        kinds = field_kinds(cls) if _native.SP is not None else None
+        if kinds is not None:
+            fast = functools.partial(_native.SP.record_in, cls, kinds, DECIMALS)
         cls._decode_fast = staticmethod(fast)
         cls._nreq = len(cls._fields) - len(cls._field_defaults)
         REGISTRY[tag] = cls

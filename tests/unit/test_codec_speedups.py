@@ -1,6 +1,7 @@
 """proto._speedups (the C envelope decoder and frame packer) against the pure Python codec: the same
 frames accepted with the same envelopes, the same frames refused with the same messages, and the
 same bytes on the wire."""
+import functools
 import os
 from decimal import Decimal
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import proto
 from proto import DecodeError, EncodeError, codec
+from tests.unit.test_store_lines import record_strategy
 
 if os.environ.get("CI") == "true":    # CI builds it: missing there is a failure, not a skip
     from proto import _speedups as sp
@@ -221,3 +223,41 @@ def test_book_level_cache_misses_in_c_keep_the_cache_contract():
     with pytest.raises(DecodeError, match="Book.asks"):
         messages._levels_in([["1.5", "NaN"]], "Book.asks")
     cache.clear()
+
+
+BODY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=8),
+                       st.sampled_from(["1", "0.5", "65000.01", "1E-8", "-0", "NaN", "inf", " 1", "1.50"]),
+                       st.lists(st.lists(st.sampled_from(["1", "0.5", "65000.01", "x", 1]), max_size=3), max_size=3))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(sorted(proto.REGISTRY)), st.data())
+def test_records_decode_in_c_as_the_python_decoder_decodes_them(tag, data):
+    """A record of plain fields is built by proto._speedups.record_in: whatever it accepts, the
+    generated Python decoder accepts with the identical record (repr: Decimal("1.50") is not
+    Decimal("1.5")); whatever the Python decoder refuses, it refuses."""
+    from proto import jsonl, messages  # noqa: F401 - jsonl configures the C side's Decimal
+    cls = proto.REGISTRY[tag]
+    if messages.field_kinds(cls) is None:
+        assert not isinstance(cls._decode_fast, functools.partial)
+        return
+    assert isinstance(cls._decode_fast, functools.partial)          # the C path is the one in use
+    n = len(cls._fields)
+    if data.draw(st.booleans()):
+        body = cls._encode(data.draw(record_strategy(cls)))
+        if data.draw(st.booleans()):
+            body[data.draw(st.integers(0, n - 1))] = data.draw(BODY_VALUE)
+    else:
+        body = [data.draw(BODY_VALUE) for _ in range(n)]
+    try:
+        want = ("ok", repr(cls._decode(list(body))))
+    except DecodeError:
+        want = ("err",)
+    try:
+        got = ("ok", repr(cls._decode_fast(list(body))))
+    except Exception:  # noqa: BLE001 - any refusal sends the caller to the Python decoder
+        got = ("err",)
+    if got[0] == "ok":                      # a refusal is allowed (its callers fall back)
+        assert got == want
+    if want[0] == "err":
+        assert got[0] == "err"
