@@ -5,7 +5,7 @@ anything but ``0``, or when the built module is older than this source (a checko
 reinstalling: ``pip install -e .`` rebuilds it). Every user keeps a pure Python path."""
 import os
 
-API = ("configure", "decode", "pack_frame", "Unsupported", "configure_lines", "dump_line", "levels_in", "record_in")
+API = ("configure", "decode", "pack_frame", "Unsupported", "configure_lines", "dump_line", "levels_in", "record_in", "record_out")
 
 
 def load():

@@ -861,6 +861,137 @@ fail:
     return NULL;
 }
 
+/* --- record_out: a record -> its body (a list of wire values) ------------------------------------
+ *
+ * The generated Python encoder (proto.messages._compile's ``_encode``) in C, for the same records
+ * as record_in: a finite Decimal as its exact string, str/int/bool as they are, an int or float
+ * as a float for a float field, book levels as [[price, size], ...] strings, None for an optional
+ * field. Anything else (a wrong type, a non-finite Decimal, levels that are not lists or tuples of
+ * pairs) is encoded by ``fallback`` (the Python encoder), which gives the same body or raises the
+ * EncodeError that names the field. */
+
+static PyObject *
+dec_str(PyObject *v)               /* str of a finite Decimal, NULL (no error set) for anything else */
+{
+    if (L.decimal == NULL || Py_TYPE(v) != (PyTypeObject *)L.decimal)
+        return NULL;
+    PyObject *s = PyObject_Str(v);
+    if (s == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    Py_UCS4 last = n ? PyUnicode_READ_CHAR(s, n - 1) : 0;
+    if (last < '0' || last > '9') {        /* NaN, sNaN, Infinity: not on the wire */
+        Py_DECREF(s);
+        return NULL;
+    }
+    return s;
+}
+
+static PyObject *
+levels_out(PyObject *v)
+{
+    if (!PyList_CheckExact(v) && !PyTuple_CheckExact(v))
+        return NULL;
+    PyObject *seq = v;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *lv = PySequence_Fast_GET_ITEM(seq, k);
+        if ((!PyList_CheckExact(lv) && !PyTuple_CheckExact(lv)) || PySequence_Fast_GET_SIZE(lv) != 2)
+            goto bad;
+        PyObject *p = dec_str(PySequence_Fast_GET_ITEM(lv, 0));
+        if (p == NULL)
+            goto bad;
+        PyObject *q = dec_str(PySequence_Fast_GET_ITEM(lv, 1));
+        if (q == NULL) {
+            Py_DECREF(p);
+            goto bad;
+        }
+        PyObject *pair = PyList_New(2);
+        if (pair == NULL) {
+            PyErr_Clear();
+            Py_DECREF(p);
+            Py_DECREF(q);
+            goto bad;
+        }
+        PyList_SET_ITEM(pair, 0, p);
+        PyList_SET_ITEM(pair, 1, q);
+        PyList_SET_ITEM(out, k, pair);
+    }
+    return out;
+bad:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *
+record_out(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "record_out(fallback, kinds, record)");
+        return NULL;
+    }
+    PyObject *fb = args[0], *kinds = args[1], *m = args[2];
+    if (!PyBytes_Check(kinds))
+        return PyObject_CallOneArg(fb, m);
+    Py_ssize_t n = PyBytes_GET_SIZE(kinds);
+    if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != n)
+        return PyObject_CallOneArg(fb, m);
+    const char *k = PyBytes_AS_STRING(kinds);
+    PyObject *body = PyList_New(n);
+    if (body == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(m, i), *out = NULL;
+        char c = k[i];
+        if (v == Py_None) {
+            if (c < 'a')
+                goto slow;
+            out = Py_NewRef(Py_None);
+        } else {
+            switch (c | 0x20) {
+            case 'd':
+                out = dec_str(v);
+                break;
+            case 's':
+                out = PyUnicode_CheckExact(v) ? Py_NewRef(v) : NULL;
+                break;
+            case 'i':
+                out = PyLong_CheckExact(v) ? Py_NewRef(v) : NULL;
+                break;
+            case 'b':
+                out = PyBool_Check(v) ? Py_NewRef(v) : NULL;
+                break;
+            case 'f':
+                if (PyFloat_CheckExact(v))
+                    out = Py_NewRef(v);
+                else if (PyLong_CheckExact(v)) {
+                    out = PyNumber_Float(v);
+                    if (out == NULL)
+                        PyErr_Clear();
+                }
+                break;
+            case 'l':
+                out = levels_out(v);
+                break;
+            }
+            if (out == NULL)
+                goto slow;
+        }
+        PyList_SET_ITEM(body, i, out);
+    }
+    return body;
+slow:
+    Py_DECREF(body);                       /* PyList_New zeroed the items not set */
+    return PyObject_CallOneArg(fb, m);
+}
+
 /* --- store_envelope: a wire frame straight to its store line ----------------------------------------
  *
  * For the store node: a frame whose body holds only exact decimal strings in canonical form (what
@@ -1254,6 +1385,8 @@ static PyMethodDef methods[] = {
      "dump_line(env) -> proto.jsonl.dumps(env); raises Unsupported for what it does not format"},
     {"configure_lines", sp_configure_lines, METH_VARARGS,
      "configure_lines(records, type_parts, encode_basestring_ascii, Decimal, Envelope)"},
+    {"record_out", (PyCFunction)(void (*)(void))record_out, METH_FASTCALL,
+     "record_out(fallback, kinds, record) -> the record's body (fallback(record) for anything unusual)"},
     {"record_in", (PyCFunction)(void (*)(void))record_in, METH_FASTCALL,
      "record_in(cls, kinds, cache, body) -> the record (raises for anything the Python decoder must judge)"},
     {"levels_in", (PyCFunction)(void (*)(void))levels_in, METH_FASTCALL,

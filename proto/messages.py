@@ -308,6 +308,9 @@ def message(tag: str):
         kinds = field_kinds(cls) if _native.SP is not None else None
         if kinds is not None:
             fast = functools.partial(_native.SP.record_in, cls, kinds, DECIMALS)
+            # the encoder too: anything unusual is encoded (or refused, naming the field) by the
+            # Python one
+            cls._encode = staticmethod(functools.partial(_native.SP.record_out, enc, kinds))
         cls._decode_fast = staticmethod(fast)
         cls._nreq = len(cls._fields) - len(cls._field_defaults)
         REGISTRY[tag] = cls
