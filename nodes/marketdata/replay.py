@@ -368,6 +368,9 @@ class Prefetch:
 
     def _child(self, conn, source):
         from .synthetic import leave_my_cpus
+        # the parent's end, inherited by the fork: closed here, so that when the parent closes its
+        # own the pipe is gone and a send blocked on it fails at once
+        self._conn.close()
         leave_my_cpus()
         try:
             items, skipped, last = [], 0, 0

@@ -624,6 +624,9 @@ class Prefetch:
         self._conn.send([])                  # ... and chunk 1
 
     def _child(self, conn, start_ns, step_ns, sim_dt):
+        # the parent's end, inherited by the fork: closed here, so that when the parent closes its
+        # own the pipe is gone and a send blocked on it fails at once
+        self._conn.close()
         leave_my_cpus()
         gen = self.source.frames(start_ns, step_ns, sim_dt)
         src = self.source

@@ -187,3 +187,17 @@ def test_a_prefetched_raw_replay_is_the_inline_replay(tmp_path):
     assert any(type(e) is TickEv for _, b in want[0] for e in b)
     for chunk in (1, 4, 1000):
         assert _all_batches([path], ("BTC-USD",), prefetch_chunk=chunk) == want
+
+
+def test_a_prefetch_closed_early_ends_its_helper_cleanly(tmp_path):
+    """The engine stops a replay before its end (--end, --duration): close() lets the helper end
+    by itself (exit code 0), even when it is blocked sending a chunk nobody reads."""
+    from nodes.marketdata.replay import Prefetch
+    path = _write(tmp_path / "long.jsonl", [_trade("BTC-USD", i, T0 + i) for i in range(1, 12000)])
+    conf = MarketDataConfig(source="replay", replay_file=str(path))
+    src = ReplaySource(conf, ("BTC-USD",), None, logging.getLogger("test"), [path])
+    pre = Prefetch(src, chunk=4000)             # a chunk larger than the pipe holds: the helper blocks
+    it = iter(pre)
+    assert [type(next(it)) for _ in range(10)] == [tuple] * 10
+    pre.close()
+    assert pre._proc.exitcode == 0
