@@ -679,63 +679,7 @@ cache_miss(PyObject *cache, PyObject *key)
     return d;
 }
 
-static PyObject *
-levels_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "levels_in(cache, fallback, v, name)");
-        return NULL;
-    }
-    PyObject *cache = args[0], *fb = args[1], *v = args[2], *name = args[3];
-    if (!PyList_CheckExact(v) || !PyDict_Check(cache))
-        return PyObject_CallFunctionObjArgs(fb, v, name, NULL);
-    Py_ssize_t n = PyList_GET_SIZE(v);
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *lv = PyList_GET_ITEM(v, k);
-        if (!PyList_CheckExact(lv) || PyList_GET_SIZE(lv) != 2)
-            goto slow;
-        PyObject *pair = PyList_New(2);
-        if (pair == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, k, pair);
-        for (int j = 0; j < 2; j++) {
-            PyObject *key = PyList_GET_ITEM(lv, j);
-            if (!PyUnicode_CheckExact(key))
-                goto slow;
-            PyObject *d = PyDict_GetItemWithError(cache, key);      /* borrowed; a hit */
-            if (d != NULL) {
-                Py_INCREF(d);
-            } else {
-                if (PyErr_Occurred())
-                    goto slow;
-                d = cache_miss(cache, key);                          /* a miss */
-                if (d == NULL)
-                    goto slow;
-            }
-            PyList_SET_ITEM(pair, j, d);
-        }
-    }
-    return out;
-slow:
-    PyErr_Clear();
-    Py_DECREF(out);
-    return PyObject_CallFunctionObjArgs(fb, v, name, NULL);
-}
-
-/* --- record_in: a record's body (a list of wire values) -> the record ------------------------------
- *
- * The generated Python decoder (proto.messages._compile's ``dec``) in C, for records whose fields
- * are all Decimal (D), str (S), int (I), bool (B), float (F) or book levels (L), upper case
- * required, lower case optional (None allowed): the same checks (exact types; an int becomes a
- * float for a float field), Decimals through the same DECIMALS cache. Anything it does not take
- * raises (ValueError, or the cache's error); its callers then run the Python decoder, which
- * accepts the same values or names the bad field. */
-
+/* A decimal string through the DECIMALS cache (a new reference; NULL with an error set). */
 static PyObject *
 dec_lookup(PyObject *cache, PyObject *key)
 {
@@ -747,6 +691,8 @@ dec_lookup(PyObject *cache, PyObject *key)
     return cache_miss(cache, key);
 }
 
+/* [[price, size], ...] of decimal strings -> [[Decimal, Decimal], ...]; NULL (an error set or not)
+ * for anything unusual, which the caller hands to the Python decoder. */
 static PyObject *
 levels_plain(PyObject *cache, PyObject *v)
 {
@@ -779,6 +725,32 @@ bad:
     Py_DECREF(out);
     return NULL;
 }
+
+static PyObject *
+levels_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "levels_in(cache, fallback, v, name)");
+        return NULL;
+    }
+    PyObject *cache = args[0], *fb = args[1], *v = args[2], *name = args[3];
+    if (PyDict_Check(cache)) {
+        PyObject *out = levels_plain(cache, v);
+        if (out != NULL)
+            return out;
+        PyErr_Clear();
+    }
+    return PyObject_CallFunctionObjArgs(fb, v, name, NULL);
+}
+
+/* --- record_in: a record's body (a list of wire values) -> the record ------------------------------
+ *
+ * The generated Python decoder (proto.messages._compile's ``dec``) in C, for records whose fields
+ * are all Decimal (D), str (S), int (I), bool (B), float (F) or book levels (L), upper case
+ * required, lower case optional (None allowed): the same checks (exact types; an int becomes a
+ * float for a float field), Decimals through the same DECIMALS cache. Anything it does not take
+ * raises (ValueError, or the cache's error); its callers then run the Python decoder, which
+ * accepts the same values or names the bad field. */
 
 static PyObject *
 record_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)

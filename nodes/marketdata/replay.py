@@ -431,11 +431,5 @@ class Prefetch:
                     yield item
 
     def close(self):
-        try:
-            self._conn.send(False)
-        except (OSError, BrokenPipeError):
-            pass
-        self._conn.close()
-        self._proc.join(2)
-        if self._proc.is_alive():
-            self._proc.kill()
+        from .synthetic import stop_helper
+        stop_helper(self._conn, self._proc, False)

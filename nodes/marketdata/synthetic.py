@@ -600,6 +600,19 @@ def leave_my_cpus():
         pass
 
 
+def stop_helper(conn, proc, last):
+    """Stop a prefetch helper process: ``last`` tells it to end, the pipe is closed (a helper
+    blocked sending then fails at once), and it is killed if it has not ended within 2 s."""
+    try:
+        conn.send(last)
+    except (OSError, BrokenPipeError):
+        pass
+    conn.close()
+    proc.join(2)
+    if proc.is_alive():
+        proc.kill()
+
+
 class Prefetch:
     """``SyntheticSource.frames()`` run by a helper process a chunk ahead of its consumer, so the
     market is simulated on the other cpu while the offline engine runs the mesh on this one.
@@ -659,11 +672,4 @@ class Prefetch:
             self._conn.send(resnap)          # chunk k+2, with what consuming chunk k asked for
 
     def close(self):
-        try:
-            self._conn.send(None)
-        except (OSError, BrokenPipeError):
-            pass
-        self._conn.close()
-        self._proc.join(2)
-        if self._proc.is_alive():
-            self._proc.kill()
+        stop_helper(self._conn, self._proc, None)
