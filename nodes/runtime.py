@@ -399,13 +399,16 @@ class Node:
         """Run the calls queued so far (``call_soon``), not the ones they queue."""
         n = len(self._calls)
         for _ in range(n):
-            fn, args = self._calls.popleft()
-            try:
-                fn(*args)
-            except Exception:  # noqa: BLE001
-                self.counters["handler_errors"] += 1
-                self.log.exception("call_soon %s failed", getattr(fn, "__name__", fn))
+            self._run_one_call()
         return n
+
+    def _run_one_call(self):
+        fn, args = self._calls.popleft()
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001
+            self.counters["handler_errors"] += 1
+            self.log.exception("call_soon %s failed", getattr(fn, "__name__", fn))
 
     def next_due(self):
         """(due, timer id) of the next timer, or None."""
@@ -558,12 +561,7 @@ class Node:
             for _ in range(len(self._calls)):
                 if self._stopping:
                     break
-                fn, args = self._calls.popleft()
-                try:
-                    fn(*args)
-                except Exception:  # noqa: BLE001
-                    self.counters["handler_errors"] += 1
-                    self.log.exception("call_soon %s failed", getattr(fn, "__name__", fn))
+                self._run_one_call()
 
     def _run_timers(self) -> int:
         timers = self._timers

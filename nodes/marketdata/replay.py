@@ -367,11 +367,8 @@ class Prefetch:
         self._conn.send(True)                # ... and chunk 1
 
     def _child(self, conn, source):
-        from .synthetic import leave_my_cpus
-        # the parent's end, inherited by the fork: closed here, so that when the parent closes its
-        # own the pipe is gone and a send blocked on it fails at once
-        self._conn.close()
-        leave_my_cpus()
+        from .synthetic import helper_started
+        helper_started(self._conn)
         try:
             items, skipped, last = [], 0, 0
             encode = proto.Encoder("replay").encode

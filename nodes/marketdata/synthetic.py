@@ -588,9 +588,12 @@ class SyntheticSource:
             self.emit([Disconnected(self.conn, "synthetic source stopped")])
 
 
-def leave_my_cpus():
-    """A helper process moves off the cpus its parent runs on when the machine has others (the
-    point of a helper is parallelism)."""
+def helper_started(parent_end):
+    """First thing in a prefetch helper process: close the parent's end of the pipe, inherited by
+    the fork (once the parent closes its own, the pipe is gone and a send blocked on it fails at
+    once), and move off the cpus the parent runs on when the machine has others (the point of a
+    helper is parallelism)."""
+    parent_end.close()
     try:
         mine = os.sched_getaffinity(0)
         others = set(range(os.cpu_count() or 1)) - mine
@@ -637,10 +640,7 @@ class Prefetch:
         self._conn.send([])                  # ... and chunk 1
 
     def _child(self, conn, start_ns, step_ns, sim_dt):
-        # the parent's end, inherited by the fork: closed here, so that when the parent closes its
-        # own the pipe is gone and a send blocked on it fails at once
-        self._conn.close()
-        leave_my_cpus()
+        helper_started(self._conn)
         gen = self.source.frames(start_ns, step_ns, sim_dt)
         src = self.source
         try:
