@@ -16,6 +16,32 @@ _ZERO = Decimal(0)
 _PRICE, _SIZE = itemgetter(0), itemgetter(1)
 
 
+class DeferredSnapshot:
+    """A recorded book's levels still in their wire frame, for ``L2Book.snapshot``.
+
+    A replay feeds a book per recorded Book and the node publishes books at ``book_publish_hz``
+    (offline: 1 Hz of market time), so most snapshots are replaced before anything reads their
+    levels. The replay's helper process (``replay.Prefetch``) judged the book there, with
+    ``judge`` (``L2Book.crossed``, the one definition); the levels become Decimals here only if the
+    book is read (``levels()``: the frame's ``Book`` decoded)."""
+    __slots__ = ("product", "frame", "crossed")
+
+    def __init__(self, product: str, frame: bytes, crossed: bool):
+        self.product, self.frame, self.crossed = product, frame, crossed
+
+    def levels(self):
+        import proto
+        book = proto.decode(self.frame).msg
+        return book.bids, book.asks
+
+    @staticmethod
+    def judge(product: str, bids, asks) -> bool:
+        """Would ``L2Book`` call this snapshot crossed (best bid at or above best ask)?"""
+        b = L2Book(product)
+        b.snapshot(bids, asks)
+        return b.crossed()
+
+
 class L2Book:
     __slots__ = ("product", "bids", "asks", "_bid_px", "_ask_px", "valid", "ts_event", "ts_recv",
                  "updates", "dirty", "_snap")
@@ -40,7 +66,9 @@ class L2Book:
         The levels are loaded (dicts, sorted prices) when the book is next read or updated: a
         replay feeds a snapshot per recorded book and most are replaced before anything but
         ``crossed()`` looks at them (the node publishes books at ``book_publish_hz``). The book
-        keeps the two sequences it is given until then: the caller must not change them."""
+        keeps the two sequences it is given until then: the caller must not change them.
+        ``bids`` may be a ``DeferredSnapshot`` (then ``asks`` is None): its levels are decoded when
+        the book is read."""
         self._snap = (bids, asks)
         self.valid = True
         self.ts_event, self.ts_recv = ts_event, ts_recv
@@ -50,6 +78,8 @@ class L2Book:
     def _load(self):
         bids, asks = self._snap
         self._snap = None
+        if asks is None:
+            bids, asks = bids.levels()
         self.bids = {p: s for p, s in dict(bids).items() if s > _ZERO}
         self.asks = {p: s for p, s in dict(asks).items() if s > _ZERO}
         self._bid_px = sorted(self.bids)
@@ -98,6 +128,8 @@ class L2Book:
         snap = self._snap
         if snap is not None:
             bids, asks = snap
+            if asks is None:
+                return bids.crossed             # a DeferredSnapshot, judged where it was read
             # a snapshot with every size positive: its best levels without loading it
             if bids and asks and min(map(_SIZE, bids)) > _ZERO and min(map(_SIZE, asks)) > _ZERO:
                 return max(map(_PRICE, bids)) >= min(map(_PRICE, asks))

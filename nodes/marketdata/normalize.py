@@ -73,8 +73,8 @@ class L2Ev(NamedTuple):
     """Level2 snapshot (replace the book) or update (absolute sizes; 0 removes the level)."""
     product: str
     snapshot: bool
-    bids: list                      # (price, size) pairs in frame order (a replayed Book's: 2-lists)
-    asks: list
+    bids: list                      # (price, size) pairs in frame order (a replayed Book's: 2-lists;
+    asks: list                      # from a replay's Prefetch: a book.DeferredSnapshot and None)
     ts_event: int
     ts_recv: int
 

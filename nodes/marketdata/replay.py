@@ -38,6 +38,7 @@ import proto
 from nodes.config import ConfigError
 from proto import jsonl
 
+from .book import DeferredSnapshot
 from .feed import Connected, Disconnected, ReplayDone
 from .normalize import L2Ev, Normalizer, TickEv, TradeEv
 
@@ -292,6 +293,9 @@ class ReplaySource:
                 elif t is proto.Trade:
                     self.used += 1
                     yield ts, [TradeEv(msg.product, msg.trade_id, msg.price, msg.size, msg.side, ts_event, now)]
+                elif t is DeferredSnapshot:             # a Book from the Prefetch: levels decoded when read
+                    self.used += 1
+                    yield ts, [L2Ev(msg.product, True, msg, None, ts_event, now)]
                 else:                                   # a Book
                     self.used += 1
                     # [price, size] pairs as decoded (fresh lists, nothing else holds them)
@@ -390,6 +394,10 @@ class Prefetch:
                             frame = encode("r", msg, ts_event, ts_recv)
                         except proto.EncodeError:
                             pass
+                    if frame is not None and t is proto.Book:
+                        # judged here; its levels are decoded only if the node reads the book
+                        frame = (frame, DeferredSnapshot.judge(msg.product, msg.bids, msg.asks),
+                                 msg.product, ts_event, ts_recv)
                     items.append(item if frame is None else frame)
                     if len(items) >= self.chunk:
                         if not conn.recv():
@@ -424,6 +432,9 @@ class Prefetch:
                 if type(item) is bytes:
                     env = decode(item)
                     yield (type(env.msg), env.msg, env.ts_event, env.ts_recv)
+                elif len(item) == 5:            # a Book: (frame, crossed, product, ts_event, ts_recv)
+                    frame, crossed, product, ts_event, ts_recv = item
+                    yield (DeferredSnapshot, DeferredSnapshot(product, frame, crossed), ts_event, ts_recv)
                 else:
                     yield item
 

@@ -11,7 +11,8 @@ import pytest
 import proto
 from nodes.config import ConfigError
 from nodes.marketdata import MarketDataConfig
-from nodes.marketdata.normalize import TickEv, TradeEv
+from nodes.marketdata.book import DeferredSnapshot
+from nodes.marketdata.normalize import L2Ev, TickEv, TradeEv
 from nodes.marketdata.replay import ReplaySource, read_events, recordings, replay_products, resolve
 from proto import jsonl
 
@@ -127,11 +128,20 @@ def _all_batches(paths, products, prefetch_chunk=None, raw=False):
     src = ReplaySource(conf, products, None, logging.getLogger("test"), paths)
     pre = Prefetch(src, chunk=prefetch_chunk) if prefetch_chunk else None
     try:
-        out = list(src.batches(stamp=lambda ts: ts, prefetch=pre))
+        out = [(ts, [_decoded(ev) for ev in evs]) for ts, evs in src.batches(stamp=lambda ts: ts, prefetch=pre)]
     finally:
         if pre is not None:
             pre.close()
     return out, (src.records, src.used, src.skipped, src.error, src.mode)
+
+
+def _decoded(ev):
+    """A prefetched Book's snapshot with its levels decoded (judged as L2Book judges them)."""
+    if isinstance(ev, L2Ev) and isinstance(ev.bids, DeferredSnapshot):
+        bids, asks = ev.bids.levels()
+        assert ev.bids.crossed == DeferredSnapshot.judge(ev.product, bids, asks)
+        return ev._replace(bids=bids, asks=asks)
+    return ev
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
@@ -146,12 +156,18 @@ def test_a_prefetched_replay_is_the_inline_replay(store, tmp_path, chunk):
                             proto.Tick("SOL-USD", D("1"), D("1"), D("1"), D("1.01"), D("1"), D("5")))]
     tail = proto.Envelope("md.status.BTC-USD", 3, "marketdata", 2, T0 + 99, T0 + 99,
                           proto.FeedStatus("BTC-USD", True, "OK", "", 0.1))
-    mixed = _write(tmp_path / "mixed.jsonl", extra + [_trade("BTC-USD", 50 + i, T0 + 3 + i) for i in range(5)] + [tail])
+    books = [proto.Envelope("md.book.BTC-USD", 4, "marketdata", 4, T0 + 9, T0 + 9,
+                            proto.Book("BTC-USD", [[D("100.00"), D("1")], [D("99.99"), D("0.5")]],
+                                       [[D("100.02"), D("2")]])),
+             proto.Envelope("md.book.ETH-USD", 5, "marketdata", 5, T0 + 10, T0 + 10,    # crossed
+                            proto.Book("ETH-USD", [[D("3000.10"), D("1")]], [[D("3000.05"), D("1")]]))]
+    mixed = _write(tmp_path / "mixed.jsonl",
+                   extra + [_trade("BTC-USD", 50 + i, T0 + 3 + i) for i in range(5)] + books + [tail])
     for paths in (files, [mixed]):
         want = _all_batches(paths, ("BTC-USD", "ETH-USD"))
         assert want[1][1] > 0
         if paths == [mixed]:                # the end is the last record's time, a skipped one's here
-            assert want[0][-1][0] == T0 + 99 and want[1][:3] == (8, 5, 3)
+            assert want[0][-1][0] == T0 + 99 and want[1][:3] == (10, 7, 3)
         assert _all_batches(paths, ("BTC-USD", "ETH-USD"), prefetch_chunk=chunk) == want
 
 

@@ -3,7 +3,7 @@ from decimal import Decimal as D
 
 from hypothesis import given, settings, strategies as st
 
-from nodes.marketdata.book import L2Book
+from nodes.marketdata.book import DeferredSnapshot, L2Book
 
 
 def test_snapshot_update_remove_top():
@@ -88,3 +88,25 @@ def test_a_snapshot_read_before_it_is_loaded_answers_as_a_loaded_one(bids, asks,
     lazy.snapshot(bids, asks)
     lazy.invalidate()                               # a pending snapshot is dropped
     assert not lazy.valid and lazy.top(3) == ([], []) and not lazy.crossed()
+
+
+@settings(max_examples=200, deadline=None)
+@given(bids=st.lists(st.tuples(_px, _sz), max_size=8), asks=st.lists(st.tuples(_px, _sz), max_size=8))
+def test_a_deferred_snapshot_answers_as_its_decoded_levels(bids, asks):
+    """A replayed Book whose levels stay in their wire frame (replay.Prefetch): judged crossed or
+    not by the same L2Book.crossed, and once read, the same book as its decoded levels give."""
+    import proto
+    bids, asks = [list(lv) for lv in bids], [list(lv) for lv in asks]
+    frame = proto.Encoder("t").encode("md.book.L", proto.Book("L", bids, asks), 5, 6)
+    deferred = DeferredSnapshot("L", frame, DeferredSnapshot.judge("L", bids, asks))
+    assert deferred.levels() == (bids, asks)
+    lazy, loaded = L2Book("L"), L2Book("L")
+    lazy.snapshot(deferred, None)
+    loaded.snapshot(bids, asks)
+    assert lazy.crossed() == loaded.crossed()
+    assert lazy._snap is not None                   # judged without decoding the levels
+    assert (lazy.best_bid(), lazy.best_ask(), lazy.top(5), lazy.depth()) == \
+        (loaded.best_bid(), loaded.best_ask(), loaded.top(5), loaded.depth())
+    lazy.snapshot(deferred, None)                   # pending, then an update: decoded first
+    assert lazy.update([(D(1), D(2))], []) and loaded.update([(D(1), D(2))], [])
+    assert lazy.top(10) == loaded.top(10) and lazy.crossed() == loaded.crossed()
