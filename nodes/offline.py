@@ -191,7 +191,10 @@ def parse_time(text: str, opt: str) -> int:
 
 # The housekeeping cadence of a market-time run: heartbeats, feed statuses, risk snapshots and
 # periodic positions/PnL are timed by the market clock, so at real-time cadence a 24-hour backtest
-# would spend most of its work on them. Trading decisions do not depend on these intervals.
+# would spend most of its work on them. Trading decisions do not depend on these intervals; the
+# books' cadence does (a paper market order walks the last published book), so a ``--conf`` file
+# that sets one of OWN_BOOK_CADENCE keeps its value (the other keys go together: risk's state
+# interval and its maximum age, say, and stay as here).
 OFFLINE_CADENCE = {
     "mesh": {"heartbeat_s": 30.0},
     "marketdata": {"status_interval_s": 10.0, "book_publish_hz": 1.0, "book_depth": 5},
@@ -201,6 +204,25 @@ OFFLINE_CADENCE = {
     "alerts": {"node_timeout_s": 95.0},
     "metrics": {"node_timeout_s": 95.0},
 }
+OWN_BOOK_CADENCE = ("book_publish_hz", "book_depth")
+
+
+def offline_cadence(conf_path) -> dict:
+    """``OFFLINE_CADENCE`` without the book keys (``OWN_BOOK_CADENCE``) that the file named by
+    ``--conf`` sets in ``[marketdata]``: a replay of a 10 Hz recording with ``book_publish_hz = 10``
+    publishes every recorded book. The default file holds the live cadence, so without ``--conf``
+    every key applies."""
+    if not conf_path:
+        return OFFLINE_CADENCE
+    import tomllib
+    try:
+        md = tomllib.loads(Path(conf_path).read_text()).get("marketdata")
+    except (OSError, tomllib.TOMLDecodeError):
+        return OFFLINE_CADENCE              # _config.load has reported it already
+    own = [k for k in OWN_BOOK_CADENCE if isinstance(md, dict) and k in md]
+    out = dict(OFFLINE_CADENCE)
+    out["marketdata"] = {k: v for k, v in OFFLINE_CADENCE["marketdata"].items() if k not in own}
+    return out
 
 
 def build_config(args):
@@ -208,7 +230,7 @@ def build_config(args):
     state_dir = args.state_dir or str(_config.ROOT / "var" / "offline" / time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime()))
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     cfg = cfg.replace("mesh", transport="inproc", state_dir=state_dir)
-    for section, keys in OFFLINE_CADENCE.items():
+    for section, keys in offline_cadence(args.conf).items():
         cfg = cfg.replace(section, **keys)
     src = args.source
     md = {"seed": args.seed}
