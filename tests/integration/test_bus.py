@@ -320,3 +320,57 @@ def test_sigterm_stops_a_node_within_a_second_without_losing_published_events(tr
         if p.poll() is None:
             p.kill()
         sub.close(linger=0)
+
+
+def test_async_requests_time_out_each_on_its_own_deadline(mesh, ctx):
+    """Node.request: a reply cancels the request's timeout; an unanswered request times out after
+    its own timeout, a short one sent after a long one first."""
+    server = ctx.socket(zmq.ROUTER)     # takes requests, answers only those asking for "ping"
+    server.setsockopt(zmq.LINGER, 0)
+    if mesh.transport == "ipc":
+        os.makedirs(mesh.ipc_path(), mode=0o700, exist_ok=True)
+    server.bind(mesh.endpoint("risk", "rep", bind=True))
+    src = Source(mesh, context=ctx).start()
+    events = []
+    t0 = time.monotonic()
+    done = threading.Event()
+
+    def record(what):
+        if what.startswith("probe"):
+            return                                  # the connection probes' own outcomes
+        events.append((what, time.monotonic() - t0))
+        if len(events) == 3:
+            done.set()
+
+    def send(what, timeout_s):
+        src.request("risk", proto.Query(what), lambda r: record(f"{what} reply"),
+                    lambda why: record(f"{what} timeout"), timeout_s=timeout_s)
+
+    try:
+        src.call_soon(src.connect_requests, "risk")
+        deadline = time.monotonic() + 5
+        while not server.poll(10):                  # until the request socket is connected
+            assert time.monotonic() < deadline, "request socket never connected"
+            src.call_soon(send, "probe", 0.05)
+        while server.poll(100):
+            server.recv_multipart()
+        t0 = time.monotonic()
+        src.call_soon(send, "long", 1.5)
+        src.call_soon(send, "ping", 1.0)
+        src.call_soon(send, "short", 0.2)
+        for _ in range(3):
+            assert server.poll(2000)
+            frames = server.recv_multipart()
+            env = proto.decode(frames[-1])
+            if env.msg.what == "ping":
+                reply = proto.Encoder("risk").encode("rep", proto.Reply(True, Code.OK, "", "pong"),
+                                                     msg_id=env.msg_id)
+                server.send_multipart(frames[:-1] + [reply])
+        assert done.wait(5), events
+        assert [w for w, _ in events] == ["ping reply", "short timeout", "long timeout"], events
+        short, long_ = events[1][1], events[2][1]
+        assert 0.2 <= short < 1.0 and 1.5 <= long_ < 2.5, events
+        assert src.counters["out_timeouts"] >= 2
+    finally:
+        src.stop()
+        server.close(linger=0)
