@@ -112,7 +112,6 @@ class Node:
         self._req_enc = None
         self._driven = False
         self._socket_added = None       # the offline engine's hook: poll a request socket opened later
-        self._replying = None           # while a request is handled: frames to send after its reply
 
     # the node's clocks: ``clock()`` (monotonic seconds) for timers, timeouts and every age a node
     # measures; ``now_ns()`` (wall-clock ns) for the timestamps it stamps. The offline driver
@@ -707,27 +706,8 @@ class Node:
                 self.counters["request_errors"] += 1
                 self._send_reply(head, _salvage_msg_id(payload), Reply(False, Code.BAD_REQUEST, str(e)))
                 continue
-            self._replying = []
-            try:
-                self._send_reply(head, env.msg_id, self.handle_request(env))
-            finally:
-                held, self._replying = self._replying, None
-                self._send_held(held)
+            self._send_reply(head, env.msg_id, self.handle_request(env))
         return n
-
-    def _send_held(self, held):
-        """Send the frames ``publish_many(after_reply=True)`` held while a request was handled."""
-        send, counters = self._send, self.counters
-        for topic, frame, on_error in held:
-            try:
-                send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError as e:
-                if on_error is None:
-                    self.log.warning("publish %s failed: %s", topic, e)
-                else:
-                    on_error(topic, e)
-                continue
-            counters["published"] += 1
 
     def handle_request(self, env) -> Reply:
         """Run the server for one decoded request; never raises."""
@@ -777,53 +757,6 @@ class Node:
             ts_recv = ts_recv or now
         self._send(self._encode(topic, msg, ts_event, ts_recv), zmq.NOBLOCK)
         self.counters["published"] += 1
-
-    def publish_many(self, items, on_error=None, after_reply: bool = False):
-        """Publish ``(topic, msg, ts)`` items in order, as one burst (loop thread only): every
-        item is encoded first, then the frames leave back to back. A send to a PUB socket whose
-        I/O thread is asleep wakes that thread (~20 us of the sender's CPU on the 2-vCPU VM of
-        docs/performance.md), and its subscribers wake for what it writes: events sent one by one,
-        each after the encoding of the next, wake them once per event; a burst lets the I/O thread
-        take several at once.
-        ``ts`` 0 is the node's ``now_ns()``. An item that cannot be encoded raises after the items
-        before it went out (as a ``publish`` of each would); a send that fails (``zmq.ZMQError``)
-        goes to ``on_error(topic, error)`` and the rest still go (raised when there is none).
-        ``after_reply``: in a request handler, the frames leave right after the request's reply
-        (encoded now, sent back to back with it), so the reply and these wake the I/O thread and
-        the peers once; anywhere else, at once. A driver that follows each ``publish`` (the offline
-        engine) gets one call per item, at once."""
-        if self._driven or "publish" in self.__dict__:
-            for topic, msg, ts in items:
-                try:
-                    self.publish(topic, msg, ts, ts)
-                except zmq.ZMQError as e:
-                    if on_error is None:
-                        raise
-                    on_error(topic, e)
-            return
-        encode, frames, now = self._encode, [], 0
-        if after_reply and self._replying is not None:
-            for topic, msg, ts in items:
-                if not ts:
-                    ts = now = now or self.now_ns()
-                self._replying.append((topic, encode(topic, msg, ts, ts), on_error))
-            return
-        try:
-            for topic, msg, ts in items:
-                if not ts:
-                    ts = now = now or self.now_ns()
-                frames.append((topic, encode(topic, msg, ts, ts)))
-        finally:
-            send, counters = self._send, self.counters
-            for topic, frame in frames:
-                try:
-                    send(frame, zmq.NOBLOCK)
-                except zmq.ZMQError as e:
-                    if on_error is None:
-                        raise
-                    on_error(topic, e)
-                    continue
-                counters["published"] += 1
 
     def status(self) -> dict:
         c = dict(self.counters)

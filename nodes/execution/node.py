@@ -22,6 +22,8 @@ import collections
 import random
 from decimal import ROUND_DOWN, Decimal
 
+import zmq
+
 from nodes.runtime import Node, NodeStartError
 from proto import (Book, CancelAll, CancelOrder, Code, Fill, Heartbeat, KillSwitch, OrderIntent,
                    ProcessEvent, Query, Reply, RiskBand, RiskExposure, RiskSnapshot, RiskState, Tick, Trade,
@@ -710,35 +712,22 @@ class ExecutionNode(Node):
         self._out.append((topic, msg, ts))
 
     def _commit(self, pnl: bool = False, sync: bool = True):
-        """Journal first (fsync), then the world hears about it: the order events in the order they
-        happened, in one burst (``Node.publish_many``: each subscriber wakes once for all of them,
-        and a fill is not held behind a wake-up per event before it); then the positions, PnL and
-        exposure they changed, in a second burst, which in a request handler leaves with the reply
-        (after the order events: a fill is not held behind them either)."""
+        """Journal first (fsync), then the world hears about it."""
         if sync:
             self.journal.sync()
         out, self._out = self._out, []
-        if out:
-            self.publish_many(out, self._publish_failed)
-            out = []
+        for topic, msg, ts in out:
+            self._publish_safe(topic, msg, ts)
         if self._dirty or pnl:
             for p in sorted(self._dirty):
-                out.append((topics.position(p), self.book.position(p), 0))
+                self._publish_safe(topics.position(p), self.book.position(p), 0)
             self._dirty.clear()
-            out.append((topics.PNL, self.book.pnl(), 0))
-        exposure = self._exposure(force=pnl)
-        if exposure is not None:
-            out.append((topics.RISK_EXPOSURE, exposure, 0))
-        self.publish_many(out, self._publish_failed, after_reply=True)
+            self._publish_safe(topics.PNL, self.book.pnl(), 0)
+        self._publish_exposure(force=pnl)
 
     def _publish_exposure(self, force: bool = False):
-        exposure = self._exposure(force)
-        if exposure is not None:
-            self.publish_many([(topics.RISK_EXPOSURE, exposure, 0)], self._publish_failed)
-
-    def _exposure(self, force: bool = False):
         """``risk.exposure``: positions and the worst case of working orders, valued at mid; on
-        change (and with every periodic PnL). None when there is nothing new to publish."""
+        change (and with every periodic PnL)."""
         b = self.pretrade.book
         view = self.pretrade.view
         state = view.snap.state if view.snap is not None else ""
@@ -755,13 +744,16 @@ class ExecutionNode(Node):
                 net += q * mk
         key = (tuple(positions.items()), tuple(exposures.items()), state, self.killswitch)
         if not force and key == self._exposure_key:
-            return None
+            return
         self._exposure_key = key
-        return RiskExposure(gross, net, positions, exposures, state, self.killswitch)
+        self._publish_safe(topics.RISK_EXPOSURE, RiskExposure(gross, net, positions, exposures, state,
+                                                              self.killswitch), 0)
 
-    def _publish_failed(self, topic, e):
-        # HWM: subscribers see a gap; state is in the journal anyway
-        self.log.warning("publish %s failed: %s", topic, e)
+    def _publish_safe(self, topic, msg, ts):
+        try:
+            self.publish(topic, msg, ts, ts)
+        except zmq.ZMQError as e:   # HWM: subscribers see a gap; state is in the journal anyway
+            self.log.warning("publish %s failed: %s", topic, e)
 
     def _roll(self, ts):
         if self.book.roll(ts):
