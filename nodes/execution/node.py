@@ -339,10 +339,10 @@ class ExecutionNode(Node):
                 (self.log.warning if self._ready_why and not self._ready_why[0] else self.log.info)(
                     "not ready: %s", why)
             else:
-                missing = [p for p in self.mesh.products if p not in ready]
+                missing = self.pretrade.not_ready_products()
                 self.log.info("ready for %s: risk state v%d%s", ", ".join(ready) or "no product",
                               self.pretrade.view.snap.version,
-                              f"; no market data yet for {', '.join(missing)}" if missing else "")
+                              "".join(f"; {missing[p]}" for p in sorted(missing)))
             self._ready_why = (why, ready)
             if self.pub is not None:
                 self._heartbeat()           # strategies wait for exec.ready.<P>: tell them now

@@ -223,24 +223,38 @@ class PreTrade:
         return p.mark if p is not None and p.mark else None
 
     def ready(self, products=None) -> str:
-        """"" when orders can pass, else why not yet: risk state missing or stale, or no market
-        data for a product (strategies wait for this before they trade)."""
+        """"" when orders can pass, else why not yet: risk state missing or stale, no market data
+        for a product, or risk's feed verdict on it not OK (no md.status seen yet at a start, a
+        gap, a stale feed). Strategies wait for this before they trade."""
         why = self.view.unavailable(self.clock())
         if why:
             return why
         for p in products or self.quotes:
-            q = self.quotes.get(p)
-            if q is None or q.mid is None:
-                return f"no market data for {p} yet"
+            why = self._not_ready(p)
+            if why:
+                return why
+        return ""
+
+    def _not_ready(self, p) -> str:
+        q = self.quotes.get(p)
+        if q is None or q.mid is None:
+            return f"no market data for {p} yet"
+        code, reason = self.view.feed(p)
+        if code:
+            return f"risk refuses {p} {code}: {reason}"
         return ""
 
     def ready_products(self):
         """(why risk is unavailable or "", the products orders can pass in now: market data for
-        each, and none while risk is unavailable)."""
+        each and risk's feed verdict OK, and none while risk is unavailable)."""
         why = self.view.unavailable(self.clock())
         if why:
             return why, ()
-        return "", tuple(p for p, q in self.quotes.items() if q.mid is not None)
+        return "", tuple(p for p in self.quotes if not self._not_ready(p))
+
+    def not_ready_products(self) -> dict:
+        """product -> why orders in it cannot pass yet (risk itself available)."""
+        return {p: why for p in self.quotes for why in (self._not_ready(p),) if why}
 
     def decide(self, intent):
         """(RiskDecision, size or None). An approval enters the rate window; the caller puts the

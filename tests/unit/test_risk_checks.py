@@ -276,6 +276,25 @@ def test_feed_status_required_missing_stale_and_gap(tmp_path):
     assert d.code == Code.FEED_STALE and "old" in d.reason
 
 
+def test_execution_is_ready_for_a_product_only_once_risk_passes_its_feed(tmp_path):
+    """Strategies wait for execution's readiness: at a start (no md.status seen by risk yet), in a
+    gap and while the feed is stale, the product is not ready, so no order is sent only to be
+    refused FEED_STALE; the reason names risk's verdict."""
+    e = make(tmp_path, status=False)
+    pt = e.pretrade
+    assert P not in pt.ready_products()[1]
+    assert pt.ready([P]) == f"risk refuses {P} FEED_STALE: no md.status for {P} seen yet"
+    assert pt.not_ready_products()[P] == pt.ready([P])
+    set_status(e, True, "OK")
+    assert pt.ready_products() == ("", (P,)) and pt.ready([P]) == ""
+    assert pt.not_ready_products() == {"ETH-USD": "no market data for ETH-USD yet",
+                                       "SOL-USD": "no market data for SOL-USD yet"}
+    set_status(e, False, "GAP", reason="seq gap")
+    assert P not in pt.ready_products()[1] and "FEED_GAP" in pt.ready([P])
+    set_status(e, True, "OK")
+    assert P in pt.ready_products()[1]
+
+
 def test_feed_status_optional(tmp_path):
     e = make(tmp_path, status=False, require_feed_status=False)
     assert code(e, limit()) == Code.OK
