@@ -15,7 +15,7 @@ import zmq
 import proto
 from nodes.client import RequestClient, RequestTimeout
 from nodes.runtime import Node
-from proto import Code, topics
+from proto import Code
 
 TICK = proto.Tick("BTC-USD", Decimal("65000.01"), Decimal("65000.00"), Decimal("0.5"),
                   Decimal("65000.01"), Decimal("0.25"), Decimal("9000.12"))
