@@ -205,6 +205,7 @@ class PositionBook:
         return book
 
 
-def mid(bid: Decimal, ask: Decimal) -> Decimal:
-    with localcontext(CTX):
-        return (bid + ask) / TWO
+def mid(bid: Decimal, ask: Decimal, _add=CTX.add, _div=CTX.divide) -> Decimal:
+    """(bid + ask) / 2 in ``CTX`` (its methods: the same result as in ``localcontext(CTX)``, without
+    switching the thread's context on every tick)."""
+    return _div(_add(bid, ask), TWO)

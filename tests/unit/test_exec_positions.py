@@ -111,3 +111,16 @@ def test_replay_ignores_duplicate_fill_ids_and_other_venues():
             _env(enc, topics.fill("BTC-USD"), f._replace(fill_id="cb", venue="coinbase"), T0 + 2)]
     b = PositionBook.replay(envs, venue="paper")
     assert b.position("BTC-USD").qty == D("1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(bid=st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=0, max_value=10**9),
+       ask=st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=0, max_value=10**9))
+def test_mid_is_half_the_sum_in_the_positions_context(bid, ask):
+    """mid() computes with CTX's methods: exactly what (bid + ask) / 2 gives inside localcontext(CTX)."""
+    from decimal import localcontext
+    from nodes.execution.positions import CTX, mid
+    with localcontext(CTX):
+        want = (bid + ask) / 2
+    got = mid(bid, ask)
+    assert got == want and str(got) == str(want)
