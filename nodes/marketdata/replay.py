@@ -28,7 +28,6 @@ import heapq
 import itertools
 import json
 import mmap
-import os
 import re
 import threading
 import time
@@ -371,49 +370,45 @@ class Prefetch:
         self._conn.send(True)                # ... and chunk 1
 
     def _child(self, conn, source):
-        from .synthetic import helper_started
-        helper_started(self._conn)
-        try:
-            items, skipped, last = [], 0, 0
-            encode = proto.Encoder("replay").encode
-            if not source.error:
-                for item in source.records_read(catch=True):
-                    if len(item) == 2:           # a run of skipped records travels as one
-                        skipped += 1
-                        last = item[1]
-                        continue
-                    if skipped:
-                        items.append((skipped, last))
-                        skipped = 0
-                    t, msg, ts_event, ts_recv = item
-                    frame = None
-                    if t != "error" and ts_event and ts_recv:
-                        # a wire frame: bytes cross the pipe as they are, and the parent's C
-                        # decoder builds the record (cheaper than unpickling one)
-                        try:
-                            frame = encode("r", msg, ts_event, ts_recv)
-                        except proto.EncodeError:
-                            pass
-                    if frame is not None and t is proto.Book:
-                        # judged here; its levels are decoded only if the node reads the book
-                        frame = (frame, DeferredSnapshot.judge(msg.product, msg.bids, msg.asks),
-                                 msg.product, ts_event, ts_recv)
-                    items.append(item if frame is None else frame)
-                    if len(items) >= self.chunk:
-                        if not conn.recv():
-                            return
-                        conn.send(items)
-                        items = []
-            if skipped:
-                items.append((skipped, last))
-            if items and conn.recv():
-                conn.send(items)
-            conn.send(None)                  # the end
-        except (EOFError, BrokenPipeError, KeyboardInterrupt):
-            pass
-        finally:
-            conn.close()
-            os._exit(0)                      # no atexit, no finalizers of the parent's objects
+        from .synthetic import run_helper
+        run_helper(self._conn, conn, lambda: self._serve(conn, source))
+
+    def _serve(self, conn, source):
+        items, skipped, last = [], 0, 0
+        encode = proto.Encoder("replay").encode
+        if not source.error:
+            for item in source.records_read(catch=True):
+                if len(item) == 2:           # a run of skipped records travels as one
+                    skipped += 1
+                    last = item[1]
+                    continue
+                if skipped:
+                    items.append((skipped, last))
+                    skipped = 0
+                t, msg, ts_event, ts_recv = item
+                frame = None
+                if t != "error" and ts_event and ts_recv:
+                    # a wire frame: bytes cross the pipe as they are, and the parent's C
+                    # decoder builds the record (cheaper than unpickling one)
+                    try:
+                        frame = encode("r", msg, ts_event, ts_recv)
+                    except proto.EncodeError:
+                        pass
+                if frame is not None and t is proto.Book:
+                    # judged here; its levels are decoded only if the node reads the book
+                    frame = (frame, DeferredSnapshot.judge(msg.product, msg.bids, msg.asks),
+                             msg.product, ts_event, ts_recv)
+                items.append(item if frame is None else frame)
+                if len(items) >= self.chunk:
+                    if not conn.recv():
+                        return
+                    conn.send(items)
+                    items = []
+        if skipped:
+            items.append((skipped, last))
+        if items and conn.recv():
+            conn.send(items)
+        conn.send(None)                  # the end
 
     def __iter__(self):
         while True:

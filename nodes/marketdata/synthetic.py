@@ -603,6 +603,20 @@ def helper_started(parent_end):
         pass
 
 
+def run_helper(parent_end, conn, serve):
+    """The whole life of a prefetch helper process: ``helper_started``, then ``serve()`` until it
+    returns or the parent goes (its end of the pipe closed), then an exit with no atexit and no
+    finalizers of the parent's objects (the fork copied them)."""
+    helper_started(parent_end)
+    try:
+        serve()
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        conn.close()
+        os._exit(0)
+
+
 def stop_helper(conn, proc, last):
     """Stop a prefetch helper process: ``last`` tells it to end, the pipe is closed (a helper
     blocked sending then fails at once), and it is killed if it has not ended within 2 s."""
@@ -640,22 +654,18 @@ class Prefetch:
         self._conn.send([])                  # ... and chunk 1
 
     def _child(self, conn, start_ns, step_ns, sim_dt):
-        helper_started(self._conn)
+        run_helper(self._conn, conn, lambda: self._serve(conn, start_ns, step_ns, sim_dt))
+
+    def _serve(self, conn, start_ns, step_ns, sim_dt):
         gen = self.source.frames(start_ns, step_ns, sim_dt)
         src = self.source
-        try:
-            while True:
-                resnap = conn.recv()
-                if resnap is None:
-                    break
-                with src._lock:
-                    src._resnap.extend(resnap)
-                conn.send([next(gen) for _ in range(self.chunk)])
-        except (EOFError, BrokenPipeError, KeyboardInterrupt):
-            pass
-        finally:
-            conn.close()
-            os._exit(0)                      # no atexit, no finalizers of the parent's objects
+        while True:
+            resnap = conn.recv()
+            if resnap is None:
+                break
+            with src._lock:
+                src._resnap.extend(resnap)
+            conn.send([next(gen) for _ in range(self.chunk)])
 
     def __iter__(self):
         src = self.source
