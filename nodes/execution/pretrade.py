@@ -254,7 +254,12 @@ class PreTrade:
 
     def not_ready_products(self) -> dict:
         """product -> why orders in it cannot pass yet (risk itself available)."""
-        return {p: why for p in self.quotes for why in (self._not_ready(p),) if why}
+        out = {}
+        for p in self.quotes:
+            why = self._not_ready(p)
+            if why:
+                out[p] = why
+        return out
 
     def decide(self, intent):
         """(RiskDecision, size or None). An approval enters the rate window; the caller puts the
