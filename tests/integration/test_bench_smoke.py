@@ -21,7 +21,7 @@ SECTION_KEYS = {
     "startup": {"warm_s", "cold_s"},
 }
 T2T_KEYS = {"p50_us", "p99_us", "max_us", "raw_hop_us", "p50_ratio", "p99_ratio", "trades", "relay_floor_us",
-            "floor_ratio"}
+            "floor_ratio", "logic_floor_us", "logic_floor_ratio", "logic_floor_p99_ratio"}
 
 
 def _finite_positive(x):

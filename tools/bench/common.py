@@ -109,11 +109,12 @@ class Procs:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs = {}
 
-    def start(self, name: str, log_level: str = "WARNING"):
+    def start(self, name: str, log_level: str = "WARNING", command: list = None):
+        """``python -m nodes.NAME``, or ``python -m`` + ``command`` (a module and its arguments)."""
         log = open(self.log_dir / f"{name}.log", "wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"nodes.{name}", "--log-level", log_level], env=self.env, cwd=str(ROOT),
-            stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", *(command or [f"nodes.{name}"]), "--log-level", log_level], env=self.env,
+            cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self.procs[name]
 

@@ -350,7 +350,9 @@ def latencies(probe: Probe, skip_fills: int):
 
 # --- one transport -------------------------------------------------------------------------------------
 
-def run_mesh(transport: str, trades: int, warmup: int, tmp) -> dict:
+def run_mesh(transport: str, trades: int, warmup: int, tmp, null: bool = False) -> dict:
+    """The mesh on ``transport``; ``null``: the strategy and execution replaced by
+    ``tools.bench.nullpath``'s nodes (the logic floor)."""
     from tools.netutil import free_base_port
     conf = common.write_conf(tmp, sections(transport, tmp, free_base_port()))
     cfg = common.load_conf(conf)
@@ -363,6 +365,8 @@ def run_mesh(transport: str, trades: int, warmup: int, tmp) -> dict:
             from nodes.marketdata import MarketDataNode
             from nodes.risk import RiskNode
             from nodes.strategy import StrategyNode
+            if null:
+                from .nullpath import NullExecution as ExecutionNode, NullStrategy as StrategyNode
             for cls in (RiskNode, ExecutionNode, StrategyNode, MarketDataNode):
                 threads.append(cls.from_config(cfg, context=ctx).start())
 
@@ -371,7 +375,8 @@ def run_mesh(transport: str, trades: int, warmup: int, tmp) -> dict:
         else:
             procs = common.Procs(common.clean_env(conf), tmp / "logs")
             for n in ("risk", "execution", "strategy", "marketdata"):
-                procs.start(n)
+                nullable = null and n in ("execution", "strategy")
+                procs.start(n, command=["tools.bench.nullpath", n] if nullable else None)
             alive = procs.dead
         probe.wait(lambda: all(n in probe.heartbeats for n in NODES_UP), 60, "a heartbeat from every node", alive)
         probe.wait(lambda: probe.fill_count >= warmup, 60, f"{warmup} warm-up fills", alive)
@@ -410,23 +415,29 @@ def run_transport(transport: str, trades: int, warmup: int, hop_n: int) -> dict:
             m = run_mesh(transport, trades, warmup, tmp)
             hop = sorted(hop + raw_hop(transport, hop_n - hop_n // 2, tmp))
             floor = relay_floor(transport, hop_n, tmp)
+            (tmp / "null").mkdir()
+            null = sorted(x[0] for x in run_mesh(transport, hop_n, max(10, warmup // 2), tmp / "null", null=True)["lat"])
     finally:
         common.rmtree(tmp)
     lat = m["lat"]
-    if not lat:
-        raise RuntimeError(f"tick_to_trade {transport}: no trade measured")
+    if not lat or not null:
+        raise RuntimeError(f"tick_to_trade {transport}: no trade measured{'' if lat else ' (logic floor)'}")
     total = sorted(x[0] for x in lat)
     raw = common.pct(hop, 0.5)
     p50, p99 = common.pct(total, 0.5), common.pct(total, 0.99)
     res = {"p50_us": round(p50, 1), "p99_us": round(p99, 1), "max_us": round(total[-1], 1),
            "raw_hop_us": round(raw, 1), "p50_ratio": round(p50 / raw, 2), "p99_ratio": round(p99 / raw, 2),
            "trades": len(total), "relay_floor_us": round(common.pct(floor, 0.5), 1),
-           "floor_ratio": round(common.pct(floor, 0.5) / raw, 2)}
+           "floor_ratio": round(common.pct(floor, 0.5) / raw, 2),
+           "logic_floor_us": round(common.pct(null, 0.5), 1), "logic_floor_ratio": round(common.pct(null, 0.5) / raw, 2),
+           "logic_floor_p99_ratio": round(common.pct(null, 0.99) / raw, 2)}
     parts = [sorted(x[i] for x in lat) for i in (1, 2, 3)]
     c = m["strategy"]
     print(f"tick_to_trade {transport}: {len(total)} trades in {m['secs']:.1f} s "
           f"({len(total) / m['secs']:.0f}/s); raw hop p50 {raw:.1f} p99 {common.pct(hop, 0.99):.1f} us; "
           f"{RELAYS} relays, no node code, p50 {common.pct(floor, 0.5):.1f} p99 {common.pct(floor, 0.99):.1f} us; "
+          f"logic floor (null strategy and execution, {len(null)} orders) p50 {common.pct(null, 0.5):.1f} "
+          f"p99 {common.pct(null, 0.99):.1f} us; "
           f"split p50 (us): origin->execution {common.pct(parts[0], 0.5):.0f}, "
           f"execution->venue fill (checks, journal) {common.pct(parts[1], 0.5):.0f}, "
           f"fill->probe (journal, publish, hop) {common.pct(parts[2], 0.5):.0f}; "
@@ -448,7 +459,7 @@ def run(quick: bool = False) -> dict:
 
 def table(sec: dict) -> str:
     lines = [f"{'transport':<9} {'p50 us':>8} {'p99 us':>8} {'max us':>9} {'raw hop':>8} {'p50/hop':>8} "
-             f"{'p99/hop':>8} {'trades':>7} {'floor':>8} {'floor/hop':>9}"]
+             f"{'p99/hop':>8} {'trades':>7} {'floor':>8} {'floor/hop':>9} {'logic':>8} {'logic/hop':>9}"]
     for tr, r in sec.items():
         target = ""
         if tr == "ipc":
@@ -456,8 +467,10 @@ def table(sec: dict) -> str:
                      f"p99 <= 10x {'ok' if r['p99_ratio'] <= 10 else 'MISSED'}"
         lines.append(f"{tr:<9} {r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['max_us']:>9.1f} {r['raw_hop_us']:>8.1f} "
                      f"{r['p50_ratio']:>8.2f} {r['p99_ratio']:>8.2f} {r['trades']:>7} {r['relay_floor_us']:>8.1f} "
-                     f"{r['floor_ratio']:>9.2f}{target}")
+                     f"{r['floor_ratio']:>9.2f} {r['logic_floor_us']:>8.1f} {r['logic_floor_ratio']:>9.2f}{target}")
     lines.append("(tick receive stamp in marketdata -> fill event received by a subscriber; raw hop: one "
                  "pyzmq PUB->SUB hop at the same pace; floor: the same 3 hops through 2 relays that do "
-                 "nothing, the lowest p50/hop the mesh could show)")
+                 "nothing; logic: the same mesh, market data and risk real, with a strategy and an execution "
+                 "that do no work of their own (tools/bench/nullpath.py), the lowest p50/hop their logic "
+                 "could reach)")
     return "\n".join(lines)
