@@ -87,7 +87,7 @@ class Node:
         self.counters = {"published": 0, "received": 0, "malformed": 0, "gaps": 0,
                          "gap_events": 0, "joined_late": 0, "restarts_seen": 0, "requests": 0,
                          "request_errors": 0, "handler_errors": 0, "unhandled": 0,
-                         "out_requests": 0, "out_replies": 0, "out_timeouts": 0}
+                         "out_requests": 0, "out_replies": 0, "out_timeouts": 0, "out_unsent": 0}
         self.bus_gaps: dict = {}        # publisher -> missing events
         self._handlers: dict = {}
         self._any_handler = None
@@ -162,8 +162,8 @@ class Node:
         self.counters["out_requests"] += 1
         try:
             sock.send(frame, zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            self.counters["out_timeouts"] += 1
+        except zmq.ZMQError as e:         # not a timeout: nothing left the node (counted apart)
+            self.counters["out_unsent"] += 1
             why = f"{node} is not connected" if e.errno == zmq.EAGAIN else f"send to {node} failed: {e}"
             if on_timeout is not None:
                 self.call_soon(on_timeout, why)

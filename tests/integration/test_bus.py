@@ -322,6 +322,30 @@ def test_sigterm_stops_a_node_within_a_second_without_losing_published_events(tr
         sub.close(linger=0)
 
 
+def test_async_request_to_an_absent_peer_is_unsent_not_timed_out(mesh, ctx):
+    """Node.request to a node with nothing bound: on ipc/tcp, on_timeout at once naming why,
+    counted as ``out_unsent`` (nothing left the node), never as a timeout. On inproc a connect
+    waits for its bind (ZeroMQ queues to it), so the request times out like an unanswered one."""
+    src = Source(mesh, context=ctx).start()
+    whys = []
+    done = threading.Event()
+    inproc = mesh.transport == "inproc"
+    try:
+        src.call_soon(lambda: src.request("risk", proto.Query("ping"), lambda r: whys.append(r),
+                                          lambda why: (whys.append(why), done.set()),
+                                          timeout_s=0.2 if inproc else 5.0))
+        assert done.wait(2), whys
+        if inproc:
+            assert whys == ["no reply from risk within 200 ms"]
+            assert src.counters["out_unsent"] == 0 and src.counters["out_timeouts"] == 1
+        else:
+            assert whys == ["risk is not connected"]
+            assert src.counters["out_unsent"] == 1 and src.counters["out_timeouts"] == 0
+        assert src.counters["out_requests"] == 1
+    finally:
+        src.stop()
+
+
 def test_async_requests_time_out_each_on_its_own_deadline(mesh, ctx):
     """Node.request: a reply cancels the request's timeout; an unanswered request times out after
     its own timeout, a short one sent after a long one first."""
