@@ -799,7 +799,7 @@ def _salvage_msg_id(payload) -> int:
         return 0
 
 
-def run_main(node_cls, argv=None, description=None, log_stream=None, build=None) -> int:
+def run_main(node_cls, argv=None, description=None, log_stream=None, build=None, prog=None) -> int:
     """The ten-line main() of every node: args, logging, config, build, start, wait, stop.
     ``log_stream``: where logs go (stdout by default; the supervisord event listener needs stderr).
     ``build(cfg, stop_event)``: make the node (default ``node_cls.from_config(cfg)``); a node that
@@ -807,7 +807,7 @@ def run_main(node_cls, argv=None, description=None, log_stream=None, build=None)
     import argparse
     from . import config as _config
     doc = (node_cls.__doc__ or f"the {node_cls.name} node").strip().splitlines()[0]
-    p = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.name}", description=description or doc)
+    p = argparse.ArgumentParser(prog=prog or f"python -m nodes.{node_cls.name}", description=description or doc)
     p.add_argument("--conf", help="config file (default: $TICKMESH_CONF or conf/mesh.toml)")
     p.add_argument("--log-level", default=None)
     args = p.parse_args(argv)

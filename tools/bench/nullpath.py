@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         print(f"usage: python -m tools.bench.nullpath {{{'|'.join(NODES)}}} [--conf PATH] [--log-level L]",
               file=sys.stderr)
         return 2
-    return run_main(NODES[argv[0]], argv[1:])
+    return run_main(NODES[argv[0]], argv[1:], prog=f"python -m tools.bench.nullpath {argv[0]}")
 
 
 if __name__ == "__main__":
