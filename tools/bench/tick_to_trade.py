@@ -27,6 +27,8 @@ Next to it, in the same run and at the same pace: one raw pyzmq PUB->SUB hop (a 
 frame; the receiver polls like a node's loop; half the samples just before the mesh runs, half
 just after), ``raw_hop_us`` = its median. Ratios are p50/p99 of tick-to-trade over that median.
 ``relay_floor_us``: the same three hops through two relays that do nothing (the path's floor).
+``logic_floor_us``: the mesh itself with a strategy and an execution that do no work of their own
+(``tools.bench.nullpath``), market data and risk real: the lowest their logic could reach.
 
 Settings (reported in docs/performance.md): synthetic market at ``RATE_HZ`` steps per second with
 ``synthetic_time_scale`` 40 (a tick on ~60-95% of the steps, ~2 trades per tick), one product (BTC-USD), order size
@@ -421,7 +423,7 @@ def run_transport(transport: str, trades: int, warmup: int, hop_n: int) -> dict:
         common.rmtree(tmp)
     lat = m["lat"]
     if not lat or not null:
-        raise RuntimeError(f"tick_to_trade {transport}: no trade measured{'' if lat else ' (logic floor)'}")
+        raise RuntimeError(f"tick_to_trade {transport}: no trade measured{' (logic floor)' if lat else ''}")
     total = sorted(x[0] for x in lat)
     raw = common.pct(hop, 0.5)
     p50, p99 = common.pct(total, 0.5), common.pct(total, 0.99)
