@@ -16,6 +16,7 @@ Nothing here trades: they exist only for that measurement.
 import sys
 from decimal import Decimal
 
+from nodes.execution.orders import ACCEPTED, FILLED, OrderState
 from nodes.runtime import Node, run_main
 from proto import Code, Fill, OrderIntent, Reply, Tick, topics
 
@@ -62,7 +63,6 @@ class NullExecution(Node):
         self._last[env.msg.product] = env.msg.price
 
     def _on_submit(self, env):
-        from nodes.execution.orders import ACCEPTED, FILLED, OrderState
         it = env.msg
         price = self._last.get(it.product)
         if price is None:
